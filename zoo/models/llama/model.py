@@ -1,0 +1,304 @@
+"""The Llama decoder as pure functions; Mistral, Qwen2 and Qwen3 reuse it.
+
+``forward(params, cfg, input_ids, ...) -> (logits, cache)``. The config flags
+that distinguish the families (q/k norms, qkv biases, sliding windows, tied
+embeddings) are read from ``cfg``, so one layer function serves all four, and
+both layer layouts: stacked under ``lax.scan`` or a per-layer list walked by a
+Python loop (``cfg.scan_layers``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from zoo.models.llama.config import LlamaConfig
+from zoo.nn.attention import MaskInfo, attention
+from zoo.nn.dense import embed, gated_mlp, project, unembed
+from zoo.nn.norms import rms_norm
+from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones, zeros
+from zoo.nn.rope import apply_rope, rope_cos_sin
+from zoo.sharding import constrain
+
+Params = dict[str, Any]
+
+
+# ---------------------------------------------------------------- params
+def layer_spec(cfg: LlamaConfig) -> Params:
+    d, hq, hkv, hd, f = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    w = normal(cfg.initializer_range)
+
+    def proj(shape, axes, bias_shape=None, bias_axes=None):
+        p = {"kernel": ParamSpec(shape, axes, w)}
+        if bias_shape is not None:
+            p["bias"] = ParamSpec(bias_shape, bias_axes, zeros)
+        return p
+
+    qkv_bias = cfg.qkv_bias
+    attn = {
+        "q_proj": proj((d, hq, hd), ("embed", "q_heads", "head_dim"), *(((hq, hd), ("q_heads", "head_dim")) if qkv_bias else ())),
+        "k_proj": proj((d, hkv, hd), ("embed", "kv_heads", "head_dim"), *(((hkv, hd), ("kv_heads", "head_dim")) if qkv_bias else ())),
+        "v_proj": proj((d, hkv, hd), ("embed", "kv_heads", "head_dim"), *(((hkv, hd), ("kv_heads", "head_dim")) if qkv_bias else ())),
+        "o_proj": proj((hq, hd, d), ("q_heads", "head_dim", "embed"), *(((d,), ("embed",)) if cfg.o_bias else ())),
+    }
+    if cfg.qk_norm:
+        attn["q_norm"] = {"scale": ParamSpec((hd,), ("head_dim",), ones)}
+        attn["k_norm"] = {"scale": ParamSpec((hd,), ("head_dim",), ones)}
+    mb = cfg.mlp_bias
+    mlp = {
+        "gate_proj": proj((d, f), ("embed", "mlp"), *(((f,), ("mlp",)) if mb else ())),
+        "up_proj": proj((d, f), ("embed", "mlp"), *(((f,), ("mlp",)) if mb else ())),
+        "down_proj": proj((f, d), ("mlp", "embed"), *(((d,), ("embed",)) if mb else ())),
+    }
+    return {
+        "input_layernorm": {"scale": ParamSpec((d,), ("norm",), ones)},
+        "self_attn": attn,
+        "post_attention_layernorm": {"scale": ParamSpec((d,), ("norm",), ones)},
+        "mlp": mlp,
+    }
+
+
+def param_specs(cfg: LlamaConfig) -> Params:
+    w = normal(cfg.initializer_range)
+    specs: Params = {
+        "embed_tokens": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
+        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+        "norm": {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)},
+    }
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
+    return specs
+
+
+def init(cfg: LlamaConfig, key: jax.Array) -> Params:
+    """Random params (normal(0, initializer_range) weights, unit norms, zero biases)."""
+    return init_params(param_specs(cfg), key, cfg.weight_dtype)
+
+
+def param_axes(cfg: LlamaConfig) -> Params:
+    return logical_axes(param_specs(cfg))
+
+
+# ---------------------------------------------------------------- cache
+def init_cache(cfg: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None) -> dict[str, Any]:
+    """A static KV cache: ``slot_index`` holds each slot's token index (-1: empty or padding)."""
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (batch_size, max_length, cfg.num_key_value_heads, cfg.head_dim)
+    if cfg.scan_layers:
+        k = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+        v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+    else:
+        k = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
+        v = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
+    return {
+        "k": k,
+        "v": v,
+        "slot_index": jnp.full((batch_size, max_length), -1, jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def write_cache(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write [b, t, ...] into the cache buffer at slot ``start`` (in place under donation)."""
+    idx = (0, start) + (0,) * (buf.ndim - 2)
+    return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), idx)
+
+
+# ---------------------------------------------------------------- layers
+def attention_block(
+    p: Params,
+    cfg: LlamaConfig,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    info: MaskInfo,
+    window: Any,
+    kv_cache: tuple[jax.Array, jax.Array] | None,
+    cache_start: jax.Array | None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    q = project(x, p["q_proj"], "btd,dhk->bthk")
+    k = project(x, p["k_proj"], "btd,dhk->bthk")
+    v = project(x, p["v_proj"], "btd,dhk->bthk")
+    if cfg.qk_norm:
+        q = rms_norm(p["q_norm"]["scale"], q, cfg.rms_norm_eps)
+        k = rms_norm(p["k_norm"]["scale"], k, cfg.rms_norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = constrain(q, ("batch", "seq", "act_heads", None))
+    if kv_cache is not None:
+        k = write_cache(kv_cache[0], k, cache_start)
+        v = write_cache(kv_cache[1], v, cache_start)
+        kv_cache = (k, v)
+    out = attention(
+        q, k, v, info, implementation=cfg.attn_implementation, causal=True, sliding_window=window,
+        scale=attention_scale(cfg),
+    )
+    return project(out, p["o_proj"], "bthk,hkd->btd"), kv_cache
+
+
+def attention_scale(cfg: LlamaConfig) -> float:
+    return cfg.head_dim**-0.5
+
+
+def decoder_layer(
+    p: Params,
+    cfg: LlamaConfig,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    info: MaskInfo,
+    window: Any,
+    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_start: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    h = rms_norm(p["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
+    attn_out, kv_cache = attention_block(p["self_attn"], cfg, h, cos, sin, info, window, kv_cache, cache_start)
+    x = x + attn_out
+    h = rms_norm(p["post_attention_layernorm"]["scale"], x, cfg.rms_norm_eps)
+    x = x + gated_mlp(p["mlp"], h, cfg.hidden_act)
+    return constrain(x, ("batch", "seq", "act_embed")), kv_cache
+
+
+def _remat(fn, cfg: LlamaConfig):
+    if cfg.remat_policy is None:
+        return fn
+    policies = {
+        "full": None,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "nothing": jax.checkpoint_policies.everything_saveable,
+    }
+    if cfg.remat_policy not in policies:
+        raise ValueError(f"unknown remat_policy '{cfg.remat_policy}'; known: {sorted(policies)}")
+    return jax.checkpoint(fn, policy=policies[cfg.remat_policy], static_argnums=(1,))
+
+
+def run_layers(
+    layers: Any,
+    cfg: LlamaConfig,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    info: MaskInfo,
+    cache: dict[str, Any] | None,
+    layer_fn=decoder_layer,
+    windows: tuple[Any, ...] | None = None,
+) -> tuple[jax.Array, dict[str, Any] | None]:
+    """Apply every layer, scanned (stacked params) or unrolled (list of params)."""
+    windows = cfg.layer_windows() if windows is None else windows
+    fn = _remat(layer_fn, cfg)
+    start = cache["index"] if cache is not None else None
+    if not cfg.scan_layers:
+        new_k, new_v = [], []
+        for i, lp in enumerate(layers):
+            kv = (cache["k"][i], cache["v"][i]) if cache is not None else None
+            x, kv = fn(lp, cfg, x, cos, sin, info, windows[i], kv, start)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        return x, (None if cache is None else {**cache, "k": new_k, "v": new_v})
+
+    uniform = len(set(windows)) == 1
+    static_window = windows[0] if uniform else None
+    window_xs = None if uniform else jnp.asarray([w or 0 for w in windows], jnp.int32)
+
+    def body(carry, xs):
+        lp, w, kv = xs
+        w = static_window if uniform else w
+        y, kv = fn(lp, cfg, carry, cos, sin, info, w, kv, start)
+        return y, kv
+
+    kv_xs = (cache["k"], cache["v"]) if cache is not None else None
+    x, kv_ys = jax.lax.scan(body, x, (layers, window_xs, kv_xs))
+    if cache is None:
+        return x, None
+    return x, {**cache, "k": kv_ys[0], "v": kv_ys[1]}
+
+
+# ---------------------------------------------------------------- forward
+def default_position_ids(input_ids: jax.Array, cache: dict[str, Any] | None) -> jax.Array:
+    b, t = input_ids.shape
+    start = cache["index"] if cache is not None else 0
+    return jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+
+
+def mask_info(
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None,
+    segment_ids: jax.Array | None,
+    cache: dict[str, Any] | None,
+) -> tuple[MaskInfo, dict[str, Any] | None]:
+    """Index-based mask description; with a cache, also record the new tokens' slots."""
+    b, t = input_ids.shape
+    if attention_mask is not None and attention_mask.shape[-1] != t and cache is None:
+        raise ValueError(f"attention_mask has length {attention_mask.shape[-1]}, input_ids {t}")
+    new_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask[:, -t:].astype(bool)
+    start = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
+    q_index = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+    if cache is None:
+        seg = segment_ids
+        return MaskInfo(q_index, q_index, new_valid, seg, seg), None
+    slot_index = write_cache(cache["slot_index"], jnp.where(new_valid, q_index, -1), start)
+    cache = {**cache, "slot_index": slot_index}
+    info = MaskInfo(q_index, slot_index, slot_index >= 0)
+    return info, cache
+
+
+def forward_hidden(
+    params: Params,
+    cfg: LlamaConfig,
+    input_ids: jax.Array | None,
+    *,
+    attention_mask: jax.Array | None = None,
+    position_ids: jax.Array | None = None,
+    cache: dict[str, Any] | None = None,
+    segment_ids: jax.Array | None = None,
+    inputs_embeds: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, Any] | None]:
+    """Final hidden states [b, t, d] (after the last norm) and the updated cache."""
+    if inputs_embeds is None:
+        x = embed(params["embed_tokens"]["embedding"], input_ids, cfg.compute_dtype)
+    else:
+        x = inputs_embeds.astype(cfg.compute_dtype)
+    ids_like = x[..., 0].astype(jnp.int32)
+    x = constrain(x, ("batch", "seq", "act_embed"))
+    if position_ids is None:
+        position_ids = default_position_ids(ids_like, cache)
+    cos, sin = rope_cos_sin(cfg.rope, position_ids, cfg.compute_dtype)
+    info, cache = mask_info(ids_like, attention_mask, segment_ids, cache)
+    x, cache = run_layers(params["layers"], cfg, x, cos, sin, info, cache)
+    if cache is not None:
+        cache = {**cache, "index": cache["index"] + x.shape[1]}
+    return rms_norm(params["norm"]["scale"], x, cfg.rms_norm_eps), cache
+
+
+def forward(
+    params: Params,
+    cfg: LlamaConfig,
+    input_ids: jax.Array | None,
+    *,
+    attention_mask: jax.Array | None = None,
+    position_ids: jax.Array | None = None,
+    cache: dict[str, Any] | None = None,
+    segment_ids: jax.Array | None = None,
+    inputs_embeds: jax.Array | None = None,
+    logits_to_keep: int = 0,
+) -> tuple[jax.Array, dict[str, Any] | None]:
+    """Logits [b, t, vocab] (fp32) and the updated cache.
+
+    ``logits_to_keep=n`` computes logits for the last n positions only (decoding).
+    """
+    h, cache = forward_hidden(
+        params, cfg, input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+        segment_ids=segment_ids, inputs_embeds=inputs_embeds,
+    )
+    if logits_to_keep:
+        h = h[:, -logits_to_keep:]
+    logits = unembed(h, params, cfg.tie_word_embeddings)
+    return logits.astype(jnp.float32), cache

@@ -1,0 +1,8 @@
+"""Mistral family (runs the Llama decoder)."""
+from zoo.models.mistral import convert
+from zoo.models.mistral.config import MistralConfig
+from zoo.models.mistral.model import forward, forward_hidden, init, init_cache, param_axes, param_specs
+
+CONFIG_CLASS = MistralConfig
+HF_PREFIX = "Mistral"
+__all__ = ["MistralConfig", "forward", "forward_hidden", "init", "init_cache", "param_axes", "param_specs", "convert"]

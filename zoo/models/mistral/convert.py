@@ -1,0 +1,4 @@
+"""Mistral checkpoints use the Llama tensor names."""
+from zoo.models.llama.convert import IGNORE, RULES, rules
+
+__all__ = ["IGNORE", "RULES", "rules"]

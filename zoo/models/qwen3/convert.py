@@ -1,0 +1,4 @@
+"""Qwen3 checkpoints use the Llama tensor names."""
+from zoo.models.llama.convert import IGNORE, RULES, rules
+
+__all__ = ["IGNORE", "RULES", "rules"]

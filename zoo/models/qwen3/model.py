@@ -1,0 +1,4 @@
+"""Qwen3 runs the Llama decoder; its config turns on q/k norms."""
+from zoo.models.llama.model import forward, forward_hidden, init, init_cache, param_axes, param_specs
+
+__all__ = ["forward", "forward_hidden", "init", "init_cache", "param_axes", "param_specs"]

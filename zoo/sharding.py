@@ -1,0 +1,147 @@
+"""Meshes and logical-axis rules: parallelism is a change of rules, not of model code.
+
+Every param and every constrained activation names its dimensions logically
+("batch", "embed", "q_heads", "mlp", ...). A rules table maps those names to mesh
+axes ("data", "fsdp", "tensor", "expert"). A dimension that the mesh axis does
+not divide, or an axis the mesh lacks, stays replicated, so one rules preset
+works on any mesh shape.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+Rules = Mapping[str, tuple[str, ...]]
+
+_BATCH = {"batch": ("data", "fsdp", "expert")}
+RULE_PRESETS: dict[str, Rules] = {
+    "dp": {**_BATCH},
+    "fsdp": {**_BATCH, "embed": ("fsdp",), "vocab": ("fsdp",)},
+    "tp": {
+        **_BATCH,
+        "q_heads": ("tensor",),
+        "kv_heads": ("tensor",),
+        "mlp": ("tensor",),
+        "vocab": ("tensor",),
+        "act_heads": ("tensor",),
+        "act_mlp": ("tensor",),
+    },
+    "fsdp+tp": {
+        **_BATCH,
+        "embed": ("fsdp",),
+        "q_heads": ("tensor",),
+        "kv_heads": ("tensor",),
+        "mlp": ("tensor",),
+        "vocab": ("tensor",),
+        "act_heads": ("tensor",),
+        "act_mlp": ("tensor",),
+    },
+    "ep": {**_BATCH, "expert": ("expert",), "embed": ("fsdp",)},
+}
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("zoo_mesh", default=None)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over ``devices`` (default: all). ``shape`` maps axis names to sizes; one may be -1.
+
+    With no shape, every device goes on the ``data`` axis.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    shape = dict(shape or {"data": -1})
+    unknown = [k for k in shape if k not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"unknown mesh axes {unknown}; use {MESH_AXES}")
+    fixed = math.prod(v for v in shape.values() if v != -1)
+    for k, v in shape.items():
+        if v == -1:
+            shape[k] = len(devices) // fixed
+    if math.prod(shape.values()) != len(devices):
+        raise ValueError(f"mesh shape {shape} needs {math.prod(shape.values())} devices, have {len(devices)}")
+    arr = np.array(devices).reshape(tuple(shape.values()))
+    return Mesh(arr, tuple(shape.keys()))
+
+
+def get_rules(rules: str | Rules | None) -> Rules:
+    if rules is None:
+        return RULE_PRESETS["fsdp"]
+    if isinstance(rules, str):
+        try:
+            return RULE_PRESETS[rules]
+        except KeyError:
+            raise ValueError(f"unknown sharding rules '{rules}'; presets: {sorted(RULE_PRESETS)}") from None
+    return rules
+
+
+def logical_to_spec(
+    axes: Sequence[str | None], rules: Rules, mesh: Mesh, shape: Sequence[int] | None = None
+) -> PartitionSpec:
+    """Map logical names to mesh axes, skipping axes the mesh lacks, has at size 1, or
+    that do not divide the dimension, and never using a mesh axis twice."""
+    used: set[str] = set()
+    out: list[Any] = []
+    for i, name in enumerate(axes):
+        chosen: list[str] = []
+        size = 1
+        for mesh_axis in rules.get(name, ()) if name else ():
+            n = mesh.shape.get(mesh_axis, 1)
+            if mesh_axis in used or n == 1:
+                continue
+            if shape is not None and shape[i] % (size * n) != 0:
+                continue
+            chosen.append(mesh_axis)
+            size *= n
+        used.update(chosen)
+        out.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*out)
+
+
+def named_sharding(axes: Sequence[str | None], mesh: Mesh, rules: Rules, shape: Sequence[int]) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(axes, rules, mesh, shape))
+
+
+def param_shardings(abstract: Any, axes_tree: Any, mesh: Mesh, rules: str | Rules | None = None) -> Any:
+    """NamedSharding for every param, from its shape and logical axes."""
+    rules = get_rules(rules)
+    return jax.tree.map(
+        lambda a, ax: named_sharding(ax, mesh, rules, a.shape),
+        abstract,
+        axes_tree,
+        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x),
+    )
+
+
+def shard_params(params: Any, axes_tree: Any, mesh: Mesh, rules: str | Rules | None = None) -> Any:
+    shardings = param_shardings(params, axes_tree, mesh, rules)
+    return jax.tree.map(jax.device_put, params, shardings)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: str | Rules | None = None) -> Iterator[Mesh]:
+    """Activate a mesh + rules so ``constrain`` inside models shards activations."""
+    token = _ACTIVE.set((mesh, get_rules(rules)))
+    try:
+        yield mesh
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_mesh() -> tuple[Mesh, Rules] | None:
+    return _ACTIVE.get()
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """``with_sharding_constraint`` by logical names; a no-op without an active mesh."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, named_sharding(axes, mesh, rules, x.shape))
