@@ -33,6 +33,7 @@ class Rule:
     hf: str
     path: Path_
     split: int | None = None
+    flat: bool = False  # HF stores it 1-D (e.g. a q bias [heads * head_dim])
     to_ours: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] | None = None
     from_ours: Callable[[np.ndarray], np.ndarray] | None = None
 
@@ -51,7 +52,7 @@ class Rule:
         if self.from_ours is not None:
             return self.from_ours(w)
         if self.split is None:
-            return w
+            return w.reshape(-1) if self.flat else w
         return w.reshape(math.prod(w.shape[: self.split]), -1).T
 
     def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:

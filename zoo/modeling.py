@@ -8,6 +8,7 @@ the leaves, so the object itself passes through ``jax.jit``, ``jax.grad`` and
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -408,7 +409,7 @@ class BaseModel(PreTrainedModel):
     def rules_for(cls, family, cfg, specs):
         # A bare model is saved without the "model." prefix, as Transformers' <Family>Model does.
         return [
-            Rule(r.hf[len("model."):] if r.hf.startswith("model.") else r.hf, r.path, r.split, r.to_ours, r.from_ours)
+            dataclasses.replace(r, hf=r.hf[len("model."):] if r.hf.startswith("model.") else r.hf)
             for r in family.convert.rules(cfg, specs)
         ]
 
