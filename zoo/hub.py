@@ -55,8 +55,8 @@ def resolve_folder(
 
 
 # ---------------------------------------------------------------- safetensors
-# Our own reader/writer: numpy memory maps (lazy, sliceable, no copy until used)
-# and bfloat16 through ml_dtypes, which safetensors' numpy API lacks.
+# Our own reader/writer: lazy per-tensor reads with validated offsets, and
+# bfloat16 through ml_dtypes, which safetensors' numpy API lacks.
 import json
 import struct
 
@@ -87,7 +87,7 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsFile:
-    """Lazy view of one .safetensors file; tensors are memory-mapped on demand."""
+    """Lazy view of one .safetensors file: the header is parsed up front, tensors read on demand."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -122,7 +122,6 @@ class SafetensorsFile:
                     f"{begin}..{end} of {data_len} available"
                 )
             self._entries[name] = (dtype, shape, begin, end)
-        self._map: np.memmap | None = None
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -134,10 +133,20 @@ class SafetensorsFile:
         return self._entries[name][0]
 
     def get(self, name: str) -> np.ndarray:
+        """Read one tensor into a fresh host array.
+
+        Plain reads rather than a memory map: mapped pages stay resident (and count
+        in RSS) for as long as the file is open, which would hold a second copy of
+        the checkpoint while the first sits on the device.
+        """
         dtype, shape, begin, end = self._entries[name]
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._map[self._data_start + begin : self._data_start + end].view(dtype).reshape(shape)
+        buf = bytearray(end - begin)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_start + begin)
+            got = f.readinto(buf)
+        if got != end - begin:
+            raise CheckpointError(f"truncated safetensors file {self.path}: short read of tensor '{name}'")
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:

@@ -111,6 +111,27 @@ def write_cache(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
     return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), idx)
 
 
+KVCache = tuple  # (k, v, layer): per-layer buffers with layer None, or stacked [L, ...] buffers and a layer index
+
+
+def update_kv(kv_cache: KVCache, k: jax.Array, v: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array, KVCache]:
+    """Write the new keys/values and return this layer's full K/V.
+
+    With stacked buffers (scanned layers) only the new tokens are written into the
+    [L, ...] carry, in place; the layer's slice is read back for attention. Writing
+    a whole updated layer slice back instead would copy the cache every step.
+    """
+    ck, cv, layer = kv_cache
+    if layer is None:
+        ck, cv = write_cache(ck, k, start), write_cache(cv, v, start)
+        return ck, cv, (ck, cv, None)
+    zero = jnp.zeros((), jnp.int32)
+    ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, zero, start, zero, zero))
+    cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, zero, start, zero, zero))
+    return (jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False),
+            jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False), (ck, cv, layer))
+
+
 # ---------------------------------------------------------------- layers
 def attention_block(
     p: Params,
@@ -120,9 +141,9 @@ def attention_block(
     sin: jax.Array,
     info: MaskInfo,
     window: Any,
-    kv_cache: tuple[jax.Array, jax.Array] | None,
+    kv_cache: KVCache | None,
     cache_start: jax.Array | None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+) -> tuple[jax.Array, KVCache | None]:
     q = project(x, p["q_proj"], "btd,dhk->bthk")
     k = project(x, p["k_proj"], "btd,dhk->bthk")
     v = project(x, p["v_proj"], "btd,dhk->bthk")
@@ -132,9 +153,7 @@ def attention_block(
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = constrain(q, ("batch", "seq", "act_heads", None))
     if kv_cache is not None:
-        k = write_cache(kv_cache[0], k, cache_start)
-        v = write_cache(kv_cache[1], v, cache_start)
-        kv_cache = (k, v)
+        k, v, kv_cache = update_kv(kv_cache, k, v, cache_start)
     out = attention(
         q, k, v, info, implementation=cfg.attn_implementation, causal=True, sliding_window=window,
         scale=attention_scale(cfg),
@@ -154,9 +173,9 @@ def decoder_layer(
     sin: jax.Array,
     info: MaskInfo,
     window: Any,
-    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    kv_cache: KVCache | None = None,
     cache_start: jax.Array | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+) -> tuple[jax.Array, KVCache | None]:
     h = rms_norm(p["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
     attn_out, kv_cache = attention_block(p["self_attn"], cfg, h, cos, sin, info, window, kv_cache, cache_start)
     x = x + attn_out
@@ -197,7 +216,7 @@ def run_layers(
     if not cfg.scan_layers:
         new_k, new_v = [], []
         for i, lp in enumerate(layers):
-            kv = (cache["k"][i], cache["v"][i]) if cache is not None else None
+            kv = (cache["k"][i], cache["v"][i], None) if cache is not None else None
             x, kv = fn(lp, cfg, x, cos, sin, info, windows[i], kv, start)
             if kv is not None:
                 new_k.append(kv[0])
@@ -207,18 +226,25 @@ def run_layers(
     uniform = len(set(windows)) == 1
     static_window = windows[0] if uniform else None
     window_xs = None if uniform else jnp.asarray([w or 0 for w in windows], jnp.int32)
+    layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
 
-    def body(carry, xs):
-        lp, w, kv = xs
-        w = static_window if uniform else w
-        y, kv = fn(lp, cfg, carry, cos, sin, info, w, kv, start)
-        return y, kv
-
-    kv_xs = (cache["k"], cache["v"]) if cache is not None else None
-    x, kv_ys = jax.lax.scan(body, x, (layers, window_xs, kv_xs))
     if cache is None:
+        def body(carry, xs):
+            lp, w, _ = xs
+            y, _ = fn(lp, cfg, carry, cos, sin, info, static_window if uniform else w, None, start)
+            return y, None
+
+        x, _ = jax.lax.scan(body, x, (layers, window_xs, layer_ids))
         return x, None
-    return x, {**cache, "k": kv_ys[0], "v": kv_ys[1]}
+
+    def body_cached(carry, xs):
+        y, ck, cv = carry
+        lp, w, i = xs
+        y, (ck, cv, _) = fn(lp, cfg, y, cos, sin, info, static_window if uniform else w, (ck, cv, i), start)
+        return (y, ck, cv), None
+
+    (x, ck, cv), _ = jax.lax.scan(body_cached, (x, cache["k"], cache["v"]), (layers, window_xs, layer_ids))
+    return x, {**cache, "k": ck, "v": cv}
 
 
 # ---------------------------------------------------------------- forward
