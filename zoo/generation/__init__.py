@@ -51,3 +51,7 @@ __all__ = [
     "StopStringMatch", "StopStringMatcher", "is_eos", "max_length_reached", "pad_finished_rows",
     "should_continue", "update_finished",
 ]
+
+from zoo.generation.decode import GenerateOutput, generate  # noqa: E402  (loops build on the pieces above)
+
+__all__ += ["GenerateOutput", "generate"]
