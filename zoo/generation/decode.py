@@ -157,7 +157,7 @@ def model_step(model: Any, ids: jax.Array, cache: Any, positions: jax.Array, mas
     return logits[:, -1], cache
 
 
-def _prefill(model, gen, ids, mask, extra_pad, key, max_new: int, processors: tuple):
+def _prefill(model, gen, ids, mask, pad_lens, key, max_new: int, processors: tuple):
     """Run the prompt, choose the first new token, return the loop's initial state."""
     b, t = ids.shape
     total = t + max_new
@@ -165,7 +165,7 @@ def _prefill(model, gen, ids, mask, extra_pad, key, max_new: int, processors: tu
     positions = position_ids_from_mask(mask)
     logits, cache = model_step(model, ids, cache, positions, mask)
     tokens = jnp.zeros((b, total), jnp.int32).at[:, :t].set(ids)
-    process = build_logits_processor(gen, prompt_len=t, max_length=total, prompt_pad_len=extra_pad,
+    process = build_logits_processor(gen, prompt_len=t, max_length=total, prompt_pad_len=pad_lens,
                                      logits_processor=processors)
     scores = process(tokens, jnp.int32(t), logits)
     nxt, key = choose(gen, key, scores)
@@ -180,10 +180,10 @@ def _prefill(model, gen, ids, mask, extra_pad, key, max_new: int, processors: tu
     return DecodeState(tokens, jnp.int32(t + 1), positions[:, -1], finished, cache, key, keep_scores, keep_logits)
 
 
-def _decode(model, gen, state: DecodeState, prompt_len: int, extra_pad, stop_at, processors: tuple):
+def _decode(model, gen, state: DecodeState, prompt_len: int, pad_lens, stop_at, processors: tuple):
     """Decode until every row is finished or ``cur_len == stop_at``."""
     total = state.tokens.shape[1]
-    process = build_logits_processor(gen, prompt_len=prompt_len, max_length=total, prompt_pad_len=extra_pad,
+    process = build_logits_processor(gen, prompt_len=prompt_len, max_length=total, prompt_pad_len=pad_lens,
                                      logits_processor=processors)
 
     def cond(s: DecodeState):
@@ -264,9 +264,10 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
     bucket = bucket_length(t)
     pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
     ids_b, mask_b = left_pad(ids, mask, bucket, pad_id)
-    extra_pad = jnp.full((b,), bucket - t, jnp.int32)
+    # left padding per row (ours and the caller's), which repetition penalty ignores as in Transformers
+    pad_lens = jnp.asarray((mask_b != 0).argmax(axis=1), jnp.int32)
     max_new = gen.max_new_tokens
-    state = prefill_fn(model, gen, jnp.asarray(ids_b), jnp.asarray(mask_b), extra_pad, key, max_new, processors)
+    state = prefill_fn(model, gen, jnp.asarray(ids_b), jnp.asarray(mask_b), pad_lens, key, max_new, processors)
     total = bucket + max_new
     matcher = None
     if gen.stop_strings:
@@ -281,7 +282,7 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
         streamer.put(ids[0])  # Transformers' streamers receive the prompt first (and may skip it)
     while True:
         stop_at = min(int(state.cur_len) + chunk, total) if stepwise else total
-        state = decode_fn(model, gen, state, bucket, extra_pad, jnp.int32(stop_at), processors)
+        state = decode_fn(model, gen, state, bucket, pad_lens, jnp.int32(stop_at), processors)
         if not stepwise:
             break
         cur = int(state.cur_len)
