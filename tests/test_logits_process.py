@@ -96,6 +96,16 @@ def test_warpers_match_transformers(seed, keep):
         assert_match(ours(x), hf_call(theirs, ids, L, logits))
 
 
+def test_warpers_on_ties():
+    """Equal logits put the cumulative mass exactly on the top_p boundary (kept tokens: `<=` rule)."""
+    logits = np.zeros((2, 8), np.float32)
+    logits[1, :4] = 1.0
+    ids = np.zeros((2, 1), np.int64)
+    for p in (0.25, 0.5, 0.75):
+        assert_match(top_p_filter(jnp.asarray(logits), p), hf_call(hf.TopPLogitsWarper(p), ids, 1, logits))
+    assert_match(top_k_filter(jnp.asarray(logits), 3), hf_call(hf.TopKLogitsWarper(3), ids, 1, logits))
+
+
 def test_warpers_on_already_masked_logits():
     """Warpers run after other processors put -inf in; the masks must still agree."""
     ids, logits = make_inputs(3)
@@ -155,6 +165,7 @@ def _tail_sequences(ids, cur_len):
         [[t2, t1, 41], 3.0],
         [[t2, t1, 40], 0.25],
         [[50, t1, 42], 7.0],  # prefix that does not match
+        [[*map(int, ids[0, :3]), 44], 5.0],  # matches the buffer start: only valid once cur_len >= 3
         [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 43], 1.0],
     ]
 
@@ -229,19 +240,20 @@ CHAIN_CONFIGS = {
     "beam_sample_min_tokens_to_keep": dict(
         do_sample=True, num_beams=2, top_k=2, top_p=0.3, eos_token_id=[2, 5], repetition_penalty=0.9),
     "sampling_defaults": dict(do_sample=True),
+    "forced_bos_with_begin_suppress": dict(forced_bos_token_id=1, begin_suppress_tokens=[3, 4], max_new_tokens=4,
+                                           suppress_tokens=[9]),
     "nothing": dict(),
 }
 
 
+@pytest.mark.parametrize("prompt_len", [1, 6])
 @pytest.mark.parametrize("name", list(CHAIN_CONFIGS))
-def test_chain_matches_transformers(name):
+def test_chain_matches_transformers(name, prompt_len):
     cfg = GenerationConfig(**CHAIN_CONFIGS[name])
     ids, _ = make_inputs(9)
-    prompt_len = 6
-    pads = np.array([0, 2, 1, 0], np.int32)
+    pads = np.array([0, 2, 1, 0], np.int32) if prompt_len > 2 else np.zeros(B, np.int32)
     mask = (np.arange(prompt_len)[None] >= pads[:, None]).astype(np.int32)
-    ids[1, :2] = 0  # pad token id 0 in the padding
-    ids[2, :1] = 0
+    ids[np.arange(L)[None] < pads[:, None]] = 0  # pad token id 0 in the padding
     max_length, _ = cfg.resolve_lengths(prompt_len)
     hf_list = hf_processor_list(cfg, prompt_len, mask)
 
