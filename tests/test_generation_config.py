@@ -254,3 +254,33 @@ def test_stop_string_matcher_batch_and_earliest():
     np.testing.assert_array_equal(m(batch, lengths=[1, 3, 1]), [False, False, False])
     with pytest.raises(ValueError):
         StopStringMatcher(PieceTokenizer(PIECES), [])
+
+
+def test_stop_string_matcher_agrees_with_transformers_stop_string_criteria():
+    """On a real byte-level BPE tokenizer: the token after which Transformers' StopStringCriteria
+    first fires (checked every step) is the token count our matcher reports."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["the stop sign stopped the stopper at the top of the stairs", "Alaska Texas\n\nEND of list",
+              "unstoppable tops and pops"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=120, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    stops = ["stop", "\n\n", "END"]
+    criteria, matcher = StopStringCriteria(tokenizer, stops), StopStringMatcher(tokenizer, stops)
+    rng = np.random.default_rng(0)
+    words = ["the", "stairs", "top", "st", "op", "Texas", "\n", "EN", "D", "unstoppable", "pops"]
+    n_stopped = 0
+    for _ in range(40):
+        ids = tokenizer(" ".join(rng.choice(words, size=6)), add_special_tokens=False)["input_ids"]
+        theirs = next((k for k in range(1, len(ids) + 1) if criteria(torch.tensor([ids[:k]]), None)[0]), None)
+        found = matcher.find(ids)
+        assert (None if found is None else found.num_tokens) == theirs, tokenizer.decode(ids)
+        n_stopped += theirs is not None
+    assert 5 < n_stopped < 40
