@@ -182,7 +182,7 @@ class GenerationConfig:
             try:  # a repo id: resolve to local files (honours HF_HUB_OFFLINE and the cache)
                 from zoo import hub  # lazy: hub is a sibling layer, keep import cost off the hot path
 
-                folder = os.fspath(hub.resolve_folder(folder))
+                folder = os.fspath(hub.resolve_folder(folder, allow_patterns=(GENERATION_CONFIG_NAME,)))
             except Exception as e:  # noqa: BLE001
                 raise OSError(f"{folder!r} is neither a folder nor a resolvable repo id: {e}") from e
         path = os.path.join(folder, GENERATION_CONFIG_NAME)
