@@ -429,3 +429,21 @@ def test_auto_tokenizer_is_a_factory(folders):
     assert isinstance(PreTrainedTokenizer.from_pretrained(folders["wordpiece"]), PreTrainedTokenizer)
     with pytest.raises(TypeError):
         AutoTokenizer()
+
+
+def test_setting_special_tokens(folders):
+    ours = AutoTokenizer.from_pretrained(folders["sp_bpe"])
+    ref = transformers.AutoTokenizer.from_pretrained(str(folders["sp_bpe"]))
+    ours.pad_token = ours.eos_token
+    ref.pad_token = ref.eos_token
+    assert ours.pad_token_id == ref.pad_token_id == ours.eos_token_id
+    assert plain(ours(["a", "bb cc"], padding=True)) == plain(ref(["a", "bb cc"], padding=True))
+    ours.pad_token_id = ours.bos_token_id
+    assert ours.pad_token == "<s>"
+    ours.pad_token = None
+    assert ours.pad_token is None and ours.pad_token_id is None
+    ours.sep_token = "<new_sep>"  # new tokens join the vocabulary as special added tokens
+    ref.sep_token = "<new_sep>"
+    ref.add_special_tokens({"sep_token": "<new_sep>"})
+    assert ours.sep_token_id == ref.sep_token_id == len(ours) - 1
+    assert ours.encode("x <new_sep> y") == ref.encode("x <new_sep> y")

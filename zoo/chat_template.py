@@ -372,10 +372,3 @@ def render_chat_template(
         rendered_all.append(rendered)
     return rendered_all
 
-
-def template_variables(template: str) -> frozenset[str]:
-    """Names a template reads but does not define (what ``**template_kwargs`` can set)."""
-    from jinja2 import meta
-
-    return frozenset(meta.find_undeclared_variables(_ENV.parse(template)))
-

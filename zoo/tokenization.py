@@ -50,6 +50,9 @@ _TOKEN_TYPE_CLASSES = frozenset({
     "CanineTokenizer", "TapasTokenizer", "LayoutLMTokenizer", "ElectraTokenizer", "SqueezeBertTokenizer",
     "MobileBertTokenizer", "LxmertTokenizer", "FunnelTokenizer", "RetriBertTokenizer",
 })
+# from_pretrained arguments Transformers accepts that mean nothing here (and must not be saved).
+_LOADER_ONLY_KWARGS = ("use_fast", "trust_remote_code", "cache_dir", "local_files_only", "force_download",
+                       "subfolder", "_from_auto")
 _PADDING = {"longest", "max_length", "do_not_pad"}
 _TRUNCATION = {"longest_first", "only_first", "only_second", "do_not_truncate"}
 _TENSORS = {"np", "jax"}
@@ -184,6 +187,23 @@ def _is_text_input(value: Any) -> bool:
     return False
 
 
+def _token_property(name: str, doc: str, as_id: bool = False) -> property:
+    """A named special token (or its id) that can also be set, as in Transformers:
+    ``tok.pad_token = tok.eos_token`` or ``tok.pad_token_id = 0``."""
+
+    def get(self: "PreTrainedTokenizer") -> Any:
+        return self._special_id(name) if as_id else self._special_token(name)
+
+    def set_(self: "PreTrainedTokenizer", value: Any) -> None:
+        if as_id and value is not None:
+            value = self.convert_ids_to_tokens(int(value))
+            if value is None:
+                raise ValueError(f"{name}_id: no token has this id")
+        self.set_special_token(name, value)
+
+    return property(get, set_, doc=doc)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 
@@ -198,6 +218,8 @@ class PreTrainedTokenizer:
                  name_or_path: str = "", **kwargs: Any) -> None:
         """Wrap a ready ``tokenizers.Tokenizer``; ``config`` is the tokenizer_config.json dict
         (special tokens may be given in it or as keyword arguments, which win)."""
+        for key in _LOADER_ONLY_KWARGS:
+            kwargs.pop(key, None)
         config = {**copy.deepcopy(dict(config or {})), **kwargs}
         self._config = config  # kept whole, so save_pretrained round-trips keys we do not use
         self.name_or_path = str(name_or_path)
@@ -335,11 +357,12 @@ class PreTrainedTokenizer:
         special_tokens_map.json, in the layout Transformers reads back."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in self._config.items()
-                  if k not in ("add_bos_token", "add_eos_token") or (self._add_bos or self._add_eos)}
+        config = dict(self._config)
         for key in list(config):
             if key in SPECIAL_TOKENS_ATTRIBUTES or key in ("additional_special_tokens", "extra_special_tokens"):
                 config.pop(key)
+        config.pop("add_bos_token", None)
+        config.pop("add_eos_token", None)
         config.update({k: _token_to_json(v) for k, v in self._special.items()})
         if self._extra_special:
             config["extra_special_tokens"] = [_token_to_json(t) for t in self._extra_special]
@@ -392,23 +415,23 @@ class PreTrainedTokenizer:
         token = self._special_token(name)
         return None if token is None else self.convert_tokens_to_ids(token)
 
-    bos_token = property(lambda self: self._special_token("bos_token"), doc="Beginning-of-sequence token.")
-    eos_token = property(lambda self: self._special_token("eos_token"), doc="End-of-sequence token.")
-    unk_token = property(lambda self: self._special_token("unk_token"), doc="Unknown-word token.")
-    sep_token = property(lambda self: self._special_token("sep_token"), doc="Separator token (BERT).")
-    pad_token = property(lambda self: self._special_token("pad_token"), doc="Padding token.")
-    cls_token = property(lambda self: self._special_token("cls_token"), doc="Classifier token (BERT).")
-    mask_token = property(lambda self: self._special_token("mask_token"), doc="Mask token (MLM).")
-    bos_token_id = property(lambda self: self._special_id("bos_token"))
-    eos_token_id = property(lambda self: self._special_id("eos_token"))
-    unk_token_id = property(lambda self: self._special_id("unk_token"))
-    sep_token_id = property(lambda self: self._special_id("sep_token"))
-    pad_token_id = property(lambda self: self._special_id("pad_token"))
-    cls_token_id = property(lambda self: self._special_id("cls_token"))
-    mask_token_id = property(lambda self: self._special_id("mask_token"))
+    bos_token = _token_property("bos_token", "Beginning-of-sequence token.")
+    eos_token = _token_property("eos_token", "End-of-sequence token (generation stops on it).")
+    unk_token = _token_property("unk_token", "Token for text the vocabulary cannot encode.")
+    sep_token = _token_property("sep_token", "Separator between the texts of a pair (BERT).")
+    pad_token = _token_property("pad_token", "Padding token; padding needs one.")
+    cls_token = _token_property("cls_token", "Classifier token (BERT).")
+    mask_token = _token_property("mask_token", "Mask token for masked-language modelling.")
+    bos_token_id = _token_property("bos_token", "Id of bos_token.", as_id=True)
+    eos_token_id = _token_property("eos_token", "Id of eos_token.", as_id=True)
+    unk_token_id = _token_property("unk_token", "Id of unk_token.", as_id=True)
+    sep_token_id = _token_property("sep_token", "Id of sep_token.", as_id=True)
+    pad_token_id = _token_property("pad_token", "Id of pad_token.", as_id=True)
+    cls_token_id = _token_property("cls_token", "Id of cls_token.", as_id=True)
+    mask_token_id = _token_property("mask_token", "Id of mask_token.", as_id=True)
 
     def set_special_token(self, name: str, token: str | AddedToken | None) -> None:
-        """Set (or clear) a named special token, e.g. ``set_special_token("pad_token", tok.eos_token)``."""
+        """Set (or clear) a named special token, adding it to the vocabulary if it is new."""
         if token is None:
             self._special.pop(name, None)
             return
