@@ -23,7 +23,7 @@ import dataclasses
 import json
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jinja2
 import numpy as np
