@@ -398,6 +398,12 @@ def _zero(i):
     return 0
 
 
+def _kv_head(h, group: int):
+    """q head -> kv head. lax.div, not //: floor division lowers via sign(), which Mosaic
+    only lowers on some TPU generations (and the index is non-negative anyway)."""
+    return lax.div(h, group)
+
+
 # --------------------------------------------------------------------------- pallas calls
 
 def _forward_call(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
@@ -409,8 +415,8 @@ def _forward_call(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
     g = cfg.group
     in_specs = [
         _tile_spec(cfg, cfg.block_q, d, _same, _same),
-        _tile_spec(cfg, lk, d, _zero, lambda h: h // g),
-        _tile_spec(cfg, lk, d, _zero, lambda h: h // g),
+        _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
+        _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
     ]
     args = [q, k, v]
     if cfg.has_segments:
@@ -466,8 +472,8 @@ def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
     # dQ: one program per (batch, q head, q block), looping over kv blocks.
     stat_tile = pl.BlockSpec((None, None, bq, 1), lambda b_, h, i: (b_, h, i, 0))
     in_specs = [_tile_spec(cfg, bq, d, _same, _same),
-                _tile_spec(cfg, lk, d, _zero, lambda h: h // g),
-                _tile_spec(cfg, lk, d, _zero, lambda h: h // g),
+                _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
+                _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
                 _tile_spec(cfg, bq, d, _same, _same), stat_tile, stat_tile]
     if cfg.has_segments:
         in_specs += _segment_specs(bq, lk, q_full=False, kv_full=True)
