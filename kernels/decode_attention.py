@@ -225,7 +225,7 @@ def decode_attention(q: Array, k: Array, v: Array, lengths: Array, *,
     rows, dp = _padded_rows(t * (hq // hk), interpret), _padded_head_dim(d, interpret)
     cfg = DecodeConfig(n_q_tokens=t, rows=rows, block_k=bk, blocks_per_split=blocks_per_split,
                        sliding_window=sliding_window,
-                       softcap=None if softcap is None else float(softcap),
+                       softcap=float(softcap) if softcap else None,
                        scale=ref.default_scale(d, scale), interpret=interpret, paged=False)
     pad = ((0, 0), (0, padded_len - kv_len), (0, 0), (0, dp - d))
     kp, vp = (jnp.pad(x, pad) if any(p[1] for p in pad) else x for x in (k, v))
@@ -272,7 +272,7 @@ def paged_decode_attention(q: Array, k_pages: Array, v_pages: Array, block_table
     rows, dp = _padded_rows(t * (hq // hk), interpret), _padded_head_dim(d, interpret)
     cfg = DecodeConfig(n_q_tokens=t, rows=rows, block_k=page_size, blocks_per_split=pages_per_split,
                        sliding_window=sliding_window,
-                       softcap=None if softcap is None else float(softcap),
+                       softcap=float(softcap) if softcap else None,
                        scale=ref.default_scale(d, scale), interpret=interpret, paged=True)
     tables = jnp.clip(block_tables.astype(jnp.int32), 0, num_pages - 1)
     tables = jnp.pad(tables, ((0, 0), (0, splits * pages_per_split - max_pages)))

@@ -23,6 +23,22 @@ Why it looks like this:
   is special-cased, never divided by).
 
 The masking semantics are defined in :mod:`kernels.reference`.
+
+Limits worth knowing:
+
+* Per (batch, head) program the forward and dQ kernels address the whole K/V
+  of that head (the dK/dV kernel: the whole Q/dO of the head group). On GPU
+  that is just a pointer; on TPU it is a VMEM buffer, so the Mosaic path is
+  meant for sequences up to a few thousand tokens per head (beyond that use a
+  grid-pipelined kernel such as splash attention).
+* Blocks skipped outright: beyond the causal diagonal and outside the sliding
+  window. Segment ids are only masked, never used to skip blocks.
+* fp32 inputs use full-precision (IEEE) dots; bf16/fp16 use the tensor-core
+  path with fp32 accumulation. dQ/dK/dV come back in the input dtype.
+* ``pallas_call`` is not auto-partitioned: under a sharded ``jit`` call it
+  inside ``shard_map`` (batch/heads split freely; sequence is not split).
+* Verified here: interpret mode on CPU (both layouts) and Triton / Mosaic
+  *lowering* (``jax.export``); the device compile and speed need a GPU/TPU.
 """
 
 from __future__ import annotations
@@ -580,7 +596,7 @@ def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
     dp = _padded_head_dim(backend, interpret, d)
     cfg = FlashConfig(
         causal=bool(causal), sliding_window=sliding_window,
-        softcap=None if softcap is None else float(softcap),
+        softcap=float(softcap) if softcap else None,
         scale=ref.default_scale(d, scale), q_len=q_len, kv_len=kv_len,
         q_len_padded=lq, kv_len_padded=lk, block_q=bq, block_k=bk,
         block_q_bwd=bq_b, block_k_bwd=bk_b, group=hq // hk,

@@ -13,7 +13,8 @@ docstrings point back to:
   keys including the query's own); without causal the window is symmetric,
   ``|j - q_pos| < w``;
 * segment ids: visible only when ``q_segment == kv_segment``;
-* softcap ``c``: ``s = c * tanh(s / c)`` after scaling, before masking;
+* softcap ``c``: ``s = c * tanh(s / c)`` after scaling, before masking
+  (``None`` or ``0`` disables it);
 * a query row that sees no key outputs zeros (not NaN) and gets zero grads.
 
 All arithmetic is float32; the result is cast back to ``q.dtype``.
@@ -95,7 +96,7 @@ def masked_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     qg = q.astype(jnp.float32).reshape(b, tq, hk, g, d)
     s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(jnp.float32),
                    precision=jax.lax.Precision.HIGHEST) * scale
-    if softcap is not None:
+    if softcap:                                   # None or 0 both mean "off" (HF configs use both)
         s = softcap * jnp.tanh(s / softcap)
     if mask is not None:
         m4 = mask[:, None, None, :, :]
