@@ -198,10 +198,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="tiny shapes in Pallas interpret mode (runs on CPU)")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--block-q", type=int, default=None, help="override the prefill block table")
+    parser.add_argument("--block-k", type=int, default=None)
     args = parser.parse_args(argv)
     s = SMOKE if args.smoke else FULL
     if args.iters:
         s = dataclasses.replace(s, iters=args.iters)
+    if args.block_q or args.block_k:
+        s = dataclasses.replace(s, block_q=args.block_q or s.block_q, block_k=args.block_k or s.block_k)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; interpret={s.interpret}")
     t0 = time.perf_counter()
     if not args.skip_correctness:

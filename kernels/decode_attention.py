@@ -122,7 +122,7 @@ def _contiguous_kernel(q_ref, qpos_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg: De
     split_start = pl.program_id(2) * (cfg.blocks_per_split * bk)
 
     def load_kv(j):
-        start = j * bk
+        start = pl.multiple_of(j * bk, bk)
         return (k_ref[pl.ds(start, bk), :], v_ref[pl.ds(start, bk), :], split_start + start)
 
     _decode_body(q_ref, qpos_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)

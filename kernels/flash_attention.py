@@ -276,7 +276,7 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
 
     def body(j, carry):
         acc, m, l = carry
-        k_start = j * bk
+        k_start = pl.multiple_of(j * bk, bk)
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
@@ -320,7 +320,7 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
 
     def q_body(i, carry, g):
         dk, dv = carry
-        q_start = i * bq
+        q_start = pl.multiple_of(i * bq, bq)
         q = _rows(q_ref, g, q_start, bq, cfg.heads_major)
         do = _rows(do_ref, g, q_start, bq, cfg.heads_major)
         lse = lse_ref[g, pl.ds(q_start, bq), :]
@@ -361,7 +361,7 @@ def _dq_kernel(*refs, cfg: FlashConfig):
     lo, hi = kv_block_range(q_start, bq, bk, cfg)
 
     def body(j, dq):
-        k_start = j * bk
+        k_start = pl.multiple_of(j * bk, bk)
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
