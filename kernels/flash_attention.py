@@ -1,0 +1,608 @@
+"""Flash attention (online softmax) as one Pallas kernel body for GPU and TPU.
+
+Why it looks like this:
+
+* **One body, two layouts.** Every kernel body only sees 2-D tiles (``[rows,
+  head_dim]`` of q/k/v, ``[rows, 1]`` of log-sum-exp) and loops over key (or
+  query) blocks with ``lax.fori_loop`` on a full-length ref, carrying the
+  accumulators in registers/values. That pattern lowers through Triton (the
+  ref is a pointer) and through Mosaic TPU (the ref is a VMEM buffer), and runs
+  under ``interpret=True`` on CPU. Only the BlockSpecs and compiler params
+  differ: Triton reads the model's ``[batch, len, heads, head_dim]`` layout
+  directly; Mosaic TPU wants ``heads`` out of the two minor (tiled) dims, so the
+  wrapper transposes to ``[batch, heads, len, head_dim]`` first.
+* **GQA without repeating K/V.** The kv BlockSpec maps query head ``h`` to kv
+  head ``h // group``; the dK/dV kernel runs per kv head and loops over the
+  ``group`` query heads that share it, so neither direction copies K/V.
+* **Backward recomputes.** The forward saves only ``o`` and the per-row
+  log-sum-exp; the backward is two kernels (dK/dV per kv block, dQ per q block)
+  that rebuild the probabilities tile by tile, so no ``[q_len, kv_len]`` array
+  exists in either direction.
+* **Ragged lengths** are padded by the wrapper to the block size and masked by
+  position; **fully masked rows** produce zeros and zero gradients (``l == 0``
+  is special-cased, never divided by).
+
+The masking semantics are defined in :mod:`kernels.reference`.
+
+Limits worth knowing:
+
+* Per (batch, head) program the forward and dQ kernels address the whole K/V
+  of that head (the dK/dV kernel: the whole Q/dO of the head group). On GPU
+  that is just a pointer; on TPU it is a VMEM buffer, so the Mosaic path is
+  meant for sequences up to a few thousand tokens per head (beyond that use a
+  grid-pipelined kernel such as splash attention).
+* Blocks skipped outright: beyond the causal diagonal and outside the sliding
+  window. Segment ids are only masked, never used to skip blocks.
+* fp32 inputs use full-precision (IEEE) dots; bf16/fp16 use the tensor-core
+  path with fp32 accumulation. dQ/dK/dV come back in the input dtype.
+* ``pallas_call`` is not auto-partitioned: under a sharded ``jit`` call it
+  inside ``shard_map`` (batch/heads split freely; sequence is not split).
+* Verified here: interpret mode on CPU (both layouts) and Triton / Mosaic
+  *lowering* (``jax.export``); the device compile and speed need a GPU/TPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from kernels import reference as ref
+
+Array = jax.Array
+
+BACKENDS = ("triton", "mosaic_tpu", "xla")
+
+# Block sizes per backend: (max head_dim, forward (block_q, block_k), backward (block_q, block_k)).
+# Triton numbers follow the usual FA2 choices for Hopper-class GPUs (smaller tiles for the
+# backward, which keeps two fp32 accumulators live); TPU tiles are multiples of 128 lanes and
+# large because every grid step has fixed overhead. Not autotuned: override with
+# block_q/block_k when benchmarking.
+_BLOCK_TABLE: dict[str, tuple[tuple[int, tuple[int, int], tuple[int, int]], ...]] = {
+    "triton": (
+        (64, (128, 64), (64, 64)),
+        (128, (128, 64), (64, 64)),
+        (256, (64, 32), (32, 32)),
+    ),
+    "mosaic_tpu": (
+        (128, (256, 512), (256, 256)),
+        (256, (128, 256), (128, 128)),
+    ),
+}
+# Smallest block each backend can compile (Triton's tl.dot needs >= 16; TPU tiles are 128 lanes).
+_MIN_BLOCK = {"triton": 16, "mosaic_tpu": 128}
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclasses.dataclass(frozen=True)
+class FlashConfig:
+    """Everything static about one call; hashable so it can be a nondiff argument."""
+    causal: bool
+    sliding_window: int | None
+    softcap: float | None
+    scale: float
+    q_len: int           # unpadded lengths
+    kv_len: int
+    q_len_padded: int
+    kv_len_padded: int
+    block_q: int
+    block_k: int
+    block_q_bwd: int
+    block_k_bwd: int
+    group: int           # q_heads // kv_heads
+    has_segments: bool
+    heads_major: bool    # kernel layout [b, h, len, d] (TPU) instead of [b, len, h, d]
+    backend: str
+    interpret: bool
+
+    @property
+    def offset(self) -> int:
+        """Position of query row 0: bottom-right aligned causal mask."""
+        return self.kv_len - self.q_len
+
+
+def resolve_backend(backend: str | None, interpret: bool | None) -> tuple[str, bool]:
+    """Pick the lowering from the default device; CPU means 'interpret the Triton variant'."""
+    platform = jax.default_backend()
+    if backend is None:
+        backend = {"tpu": "mosaic_tpu"}.get(platform, "triton")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if interpret is None:
+        interpret = platform == "cpu"
+    return backend, bool(interpret)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def choose_blocks(backend: str, head_dim: int, q_len: int, kv_len: int,
+                  block_q: int | None, block_k: int | None) -> tuple[int, int, int, int]:
+    """(block_q, block_k, block_q_bwd, block_k_bwd): table lookup, clamped to short inputs.
+
+    Explicit ``block_q``/``block_k`` are used as given for both directions.
+    """
+    table = _BLOCK_TABLE[backend]
+    fwd, bwd = next(((f, b) for dmax, f, b in table if head_dim <= dmax), table[-1][1:])
+    floor = _MIN_BLOCK[backend]
+
+    def clamp(block: int, length: int) -> int:
+        return min(block, max(floor, pl.next_power_of_2(length)))
+
+    bq = block_q or clamp(fwd[0], q_len)
+    bk = block_k or clamp(fwd[1], kv_len)
+    bq_b = block_q or clamp(bwd[0], q_len)
+    bk_b = block_k or clamp(bwd[1], kv_len)
+    return bq, bk, bq_b, bk_b
+
+
+def _padded_head_dim(backend: str, interpret: bool, head_dim: int) -> int:
+    """Triton tiles must be powers of two and >= 16 wide; other paths take head_dim as is."""
+    if backend == "triton" and not interpret:
+        return max(16, pl.next_power_of_2(head_dim))
+    return head_dim
+
+
+def _compiler_params(cfg: FlashConfig, head_dim: int, ndims: int):
+    if cfg.interpret:
+        return None
+    if cfg.backend == "triton":
+        from jax.experimental.pallas import triton as plgpu
+        return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
+    from jax.experimental.pallas import tpu as pltpu
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * ndims)
+
+
+# --------------------------------------------------------------------------- shared tile math
+
+def _dot_nt(a: Array, b: Array) -> Array:
+    """a @ b.T in fp32 (contract the head dim of both tiles)."""
+    prec = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=prec,
+                           preferred_element_type=jnp.float32)
+
+
+def _dot_nn(a: Array, b: Array) -> Array:
+    prec = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec,
+                           preferred_element_type=jnp.float32)
+
+
+def _dot_tn(a: Array, b: Array) -> Array:
+    """a.T @ b in fp32 (contract the row dim of both tiles)."""
+    prec = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=prec,
+                           preferred_element_type=jnp.float32)
+
+
+def scores(q: Array, k: Array, scale: float, softcap: float | None) -> tuple[Array, Array | None]:
+    """Scaled (and soft-capped) scores of a tile; also returns tanh for the softcap derivative."""
+    s = _dot_nt(q, k) * scale
+    if softcap is None:
+        return s, None
+    t = jnp.tanh(s / softcap)
+    return softcap * t, t
+
+
+def tile_mask(q_start, k_start, shape: tuple[int, int], cfg: FlashConfig,
+              q_seg: Array | None, k_seg: Array | None) -> Array | None:
+    """Boolean visibility of a ``[block_q, block_k]`` tile (None = all visible)."""
+    q_pos = q_start + cfg.offset + lax.broadcasted_iota(jnp.int32, shape, 0)
+    k_pos = k_start + lax.broadcasted_iota(jnp.int32, shape, 1)
+    mask = ref.position_mask(q_pos, k_pos, causal=cfg.causal, sliding_window=cfg.sliding_window)
+    if cfg.kv_len_padded != cfg.kv_len:
+        valid = k_pos < cfg.kv_len
+        mask = valid if mask is None else jnp.logical_and(mask, valid)
+    if q_seg is not None:
+        same = q_seg == k_seg                      # [bq, 1] == [1, bk]
+        mask = same if mask is None else jnp.logical_and(mask, same)
+    return mask
+
+
+def _visible_kv_positions(first_q, last_q, cfg: FlashConfig):
+    """[lo, hi) key positions any query position in [first_q, last_q] can see."""
+    lo, hi = 0, cfg.kv_len
+    w = cfg.sliding_window
+    if cfg.causal:
+        hi = jnp.minimum(hi, last_q + 1)
+    if w is not None:
+        lo = jnp.maximum(0, first_q - w + 1)
+        if not cfg.causal:
+            hi = jnp.minimum(hi, last_q + w)
+    return lo, hi
+
+
+def _visible_q_positions(first_k, last_k, cfg: FlashConfig):
+    """[lo, hi) query positions that can see some key in [first_k, last_k]."""
+    lo, hi = cfg.offset, cfg.offset + cfg.q_len
+    w = cfg.sliding_window
+    if cfg.causal:
+        lo = jnp.maximum(lo, first_k)
+    if w is not None:
+        hi = jnp.minimum(hi, last_k + w)
+        if not cfg.causal:
+            lo = jnp.maximum(lo, first_k - w + 1)
+    return lo, hi
+
+
+def _block_range(lo, hi, block: int, limit: int):
+    """Block indices [lo_b, hi_b) covering positions [lo, hi) within [0, limit)."""
+    if isinstance(lo, int) and isinstance(hi, int):
+        return max(lo, 0) // block, -(-min(max(hi, 0), limit) // block)
+    lo = jnp.clip(lo, 0, limit)
+    hi = jnp.clip(hi, 0, limit)
+    return lax.div(lo, block), lax.div(hi + block - 1, block)
+
+
+def kv_block_range(q_start, block_q: int, block_k: int, cfg: FlashConfig):
+    first = q_start + cfg.offset
+    lo, hi = _visible_kv_positions(first, first + block_q - 1, cfg)
+    return _block_range(lo, hi, block_k, cfg.kv_len_padded)
+
+
+def q_block_range(k_start, block_q: int, block_k: int, cfg: FlashConfig):
+    lo, hi = _visible_q_positions(k_start, k_start + block_k - 1, cfg)
+    # positions -> rows
+    return _block_range(lo - cfg.offset, hi - cfg.offset, block_q, cfg.q_len_padded)
+
+
+def _rows(ref_, head, start, size: int, heads_major: bool):
+    """A [size, d] tile of a ref holding several heads ([h, L, d] or [L, h, d])."""
+    if heads_major:
+        return ref_[head, pl.ds(start, size), :]
+    return ref_[pl.ds(start, size), head, :]
+
+
+# --------------------------------------------------------------------------- kernels
+
+def _fwd_kernel(*refs, cfg: FlashConfig):
+    if cfg.has_segments:
+        q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref = refs
+    else:
+        q_ref, k_ref, v_ref, o_ref, lse_ref = refs
+        qs_ref = ks_ref = None
+    bq, bk = cfg.block_q, cfg.block_k
+    q_start = pl.program_id(2) * bq
+    q = q_ref[...]
+    q_seg = None if qs_ref is None else qs_ref[...]
+    lo, hi = kv_block_range(q_start, bq, bk, cfg)
+
+    def body(j, carry):
+        acc, m, l = carry
+        k_start = pl.multiple_of(j * bk, bk)
+        k = k_ref[pl.ds(k_start, bk), :]
+        v = v_ref[pl.ds(k_start, bk), :]
+        k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
+        s, _ = scores(q, k, cfg.scale, cfg.softcap)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg)
+        if mask is not None:
+            s = jnp.where(mask, s, ref.MASK_VALUE)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+        p = jnp.exp(s - m_new)
+        if mask is not None:
+            p = jnp.where(mask, p, 0.0)
+        corr = jnp.exp(m - m_new)
+        l = l * corr + jnp.sum(p, axis=1, keepdims=True)
+        acc = acc * corr + _dot_nn(p.astype(v.dtype), v)
+        return acc, m_new, l
+
+    init = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
+            jnp.full((bq, 1), ref.MASK_VALUE, jnp.float32),
+            jnp.zeros((bq, 1), jnp.float32))
+    acc, m, l = lax.fori_loop(lo, hi, body, init)
+    empty = l == 0.0
+    safe_l = jnp.where(empty, 1.0, l)
+    o_ref[...] = (acc / safe_l).astype(o_ref.dtype)
+    # Rows that saw nothing get a huge lse so the backward's exp(s - lse) is exactly 0.
+    lse_ref[...] = jnp.where(empty, -ref.MASK_VALUE, m + jnp.log(safe_l))
+
+
+def _dkv_kernel(*refs, cfg: FlashConfig):
+    if cfg.has_segments:
+        (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
+         dk_ref, dv_ref) = refs
+    else:
+        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs
+        qs_ref = ks_ref = None
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    k_start = pl.program_id(2) * bk
+    k = k_ref[...]
+    v = v_ref[...]
+    k_seg = None if ks_ref is None else ks_ref[...]
+    lo, hi = q_block_range(k_start, bq, bk, cfg)
+
+    def q_body(i, carry, g):
+        dk, dv = carry
+        q_start = pl.multiple_of(i * bq, bq)
+        q = _rows(q_ref, g, q_start, bq, cfg.heads_major)
+        do = _rows(do_ref, g, q_start, bq, cfg.heads_major)
+        lse = lse_ref[g, pl.ds(q_start, bq), :]
+        delta = delta_ref[g, pl.ds(q_start, bq), :]
+        q_seg = None if qs_ref is None else qs_ref[pl.ds(q_start, bq), :]
+        s, t = scores(q, k, cfg.scale, cfg.softcap)
+        p = jnp.exp(s - lse)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg)
+        if mask is not None:
+            p = jnp.where(mask, p, 0.0)
+        dv = dv + _dot_tn(p.astype(do.dtype), do)
+        ds = p * (_dot_nt(do, v) - delta)
+        if t is not None:
+            ds = ds * (1.0 - t * t)
+        dk = dk + _dot_tn(ds.astype(q.dtype), q)
+        return dk, dv
+
+    def group_body(g, carry):
+        return lax.fori_loop(lo, hi, functools.partial(q_body, g=g), carry)
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    dk, dv = lax.fori_loop(0, cfg.group, group_body, (zeros, zeros))
+    dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(*refs, cfg: FlashConfig):
+    if cfg.has_segments:
+        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, dq_ref = refs
+    else:
+        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs
+        qs_ref = ks_ref = None
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    q_start = pl.program_id(2) * bq
+    q, do = q_ref[...], do_ref[...]
+    lse, delta = lse_ref[...], delta_ref[...]
+    q_seg = None if qs_ref is None else qs_ref[...]
+    lo, hi = kv_block_range(q_start, bq, bk, cfg)
+
+    def body(j, dq):
+        k_start = pl.multiple_of(j * bk, bk)
+        k = k_ref[pl.ds(k_start, bk), :]
+        v = v_ref[pl.ds(k_start, bk), :]
+        k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
+        s, t = scores(q, k, cfg.scale, cfg.softcap)
+        p = jnp.exp(s - lse)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg)
+        if mask is not None:
+            p = jnp.where(mask, p, 0.0)
+        ds = p * (_dot_nt(do, v) - delta)
+        if t is not None:
+            ds = ds * (1.0 - t * t)
+        return dq + _dot_nn(ds.astype(k.dtype), k)
+
+    dq = lax.fori_loop(lo, hi, body, jnp.zeros(q.shape, jnp.float32))
+    dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
+
+
+# --------------------------------------------------------------------------- BlockSpecs
+
+def _tile_spec(cfg: FlashConfig, rows: int, d: int, row_block, head_block) -> pl.BlockSpec:
+    """Spec for a [rows, d] tile of one head; index_map gets (b, h, i) grid indices."""
+    if cfg.heads_major:
+        return pl.BlockSpec((None, None, rows, d),
+                            lambda b, h, i: (b, head_block(h), row_block(i), 0))
+    return pl.BlockSpec((None, rows, None, d),
+                        lambda b, h, i: (b, row_block(i), head_block(h), 0))
+
+
+def _group_spec(cfg: FlashConfig, rows: int, d: int) -> pl.BlockSpec:
+    """Spec for all `group` q heads of kv head h, full length: [g, L, d] or [L, g, d]."""
+    g = cfg.group
+    if cfg.heads_major:
+        return pl.BlockSpec((None, g, rows, d), lambda b, h, i: (b, h, 0, 0))
+    return pl.BlockSpec((None, rows, g, d), lambda b, h, i: (b, 0, h, 0))
+
+
+def _segment_specs(q_rows: int, kv_rows: int, q_full: bool, kv_full: bool):
+    qs = pl.BlockSpec((None, q_rows, 1), (lambda b, h, i: (b, 0, 0)) if q_full
+                      else (lambda b, h, i: (b, i, 0)))
+    ks = pl.BlockSpec((None, 1, kv_rows), (lambda b, h, i: (b, 0, 0)) if kv_full
+                      else (lambda b, h, i: (b, 0, i)))
+    return [qs, ks]
+
+
+def _same(i):
+    return i
+
+
+def _zero(i):
+    return 0
+
+
+def _kv_head(h, group: int):
+    """q head -> kv head. lax.div, not //: floor division lowers via sign(), which Mosaic
+    only lowers on some TPU generations (and the index is non-negative anyway)."""
+    return lax.div(h, group)
+
+
+# --------------------------------------------------------------------------- pallas calls
+
+def _forward_call(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
+    if cfg.heads_major:
+        b, hq, lq, d = q.shape
+    else:
+        b, lq, hq, d = q.shape
+    lk = cfg.kv_len_padded
+    g = cfg.group
+    in_specs = [
+        _tile_spec(cfg, cfg.block_q, d, _same, _same),
+        _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
+        _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
+    ]
+    args = [q, k, v]
+    if cfg.has_segments:
+        in_specs += _segment_specs(cfg.block_q, lk, q_full=False, kv_full=True)
+        args += [q_seg, kv_seg]
+    lse_shape = jax.ShapeDtypeStruct((b, hq, lq, 1), jnp.float32)
+    out_specs = [_tile_spec(cfg, cfg.block_q, d, _same, _same),
+                 pl.BlockSpec((None, None, cfg.block_q, 1), lambda b_, h, i: (b_, h, i, 0))]
+    return pl.pallas_call(
+        functools.partial(_fwd_kernel, cfg=cfg),
+        grid=(b, hq, lq // cfg.block_q),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), lse_shape],
+        compiler_params=_compiler_params(cfg, d, 3),
+        interpret=cfg.interpret,
+        name="flash_attention_fwd",
+    )(*args)
+
+
+def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
+    if cfg.heads_major:
+        b, hq, lq, d = q.shape
+        hk = k.shape[1]
+        delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), -1, keepdims=True)
+    else:
+        b, lq, hq, d = q.shape
+        hk = k.shape[2]
+        delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), -1)
+        delta = jnp.transpose(delta, (0, 2, 1))[..., None]        # [b, hq, lq, 1]
+    lk = cfg.kv_len_padded
+    bq, bk, g = cfg.block_q_bwd, cfg.block_k_bwd, cfg.group
+    seg_args = [q_seg, kv_seg] if cfg.has_segments else []
+
+    # dK, dV: one program per (batch, kv head, kv block), looping over the group's q heads.
+    stat_group = pl.BlockSpec((None, g, lq, 1), lambda b_, h, i: (b_, h, 0, 0))
+    in_specs = [_group_spec(cfg, lq, d), _tile_spec(cfg, bk, d, _same, _same),
+                _tile_spec(cfg, bk, d, _same, _same), _group_spec(cfg, lq, d),
+                stat_group, stat_group]
+    if cfg.has_segments:
+        in_specs += _segment_specs(lq, bk, q_full=True, kv_full=False)
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, cfg=cfg),
+        grid=(b, hk, lk // bk),
+        in_specs=in_specs,
+        out_specs=[_tile_spec(cfg, bk, d, _same, _same)] * 2,
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        compiler_params=_compiler_params(cfg, d, 3),
+        interpret=cfg.interpret,
+        name="flash_attention_dkv",
+    )(q, k, v, do, lse, delta, *seg_args)
+
+    # dQ: one program per (batch, q head, q block), looping over kv blocks.
+    stat_tile = pl.BlockSpec((None, None, bq, 1), lambda b_, h, i: (b_, h, i, 0))
+    in_specs = [_tile_spec(cfg, bq, d, _same, _same),
+                _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
+                _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
+                _tile_spec(cfg, bq, d, _same, _same), stat_tile, stat_tile]
+    if cfg.has_segments:
+        in_specs += _segment_specs(bq, lk, q_full=False, kv_full=True)
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, cfg=cfg),
+        grid=(b, hq, lq // bq),
+        in_specs=in_specs,
+        out_specs=_tile_spec(cfg, bq, d, _same, _same),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=_compiler_params(cfg, d, 3),
+        interpret=cfg.interpret,
+        name="flash_attention_dq",
+    )(q, k, v, do, lse, delta, *seg_args)
+    return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
+    return _forward_call(q, k, v, q_seg, kv_seg, cfg)[0]
+
+
+def _flash_fwd(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
+    o, lse = _forward_call(q, k, v, q_seg, kv_seg, cfg)
+    return o, (q, k, v, q_seg, kv_seg, o, lse)
+
+
+def _flash_bwd(cfg: FlashConfig, residuals, do):
+    q, k, v, q_seg, kv_seg, o, lse = residuals
+    dq, dk, dv = _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg)
+    return dq, dk, dv, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# --------------------------------------------------------------------------- wrapper
+
+def _to_kernel_layout(x: Array, length: int, head_dim: int, heads_major: bool) -> Array:
+    """Pad [b, L, h, d] to (length, head_dim) and transpose for TPU."""
+    pad = [(0, 0), (0, length - x.shape[1]), (0, 0), (0, head_dim - x.shape[3])]
+    if any(p[1] for p in pad):
+        x = jnp.pad(x, pad)
+    return jnp.transpose(x, (0, 2, 1, 3)) if heads_major else x
+
+
+def _from_kernel_layout(x: Array, length: int, head_dim: int, heads_major: bool) -> Array:
+    if heads_major:
+        x = jnp.transpose(x, (0, 2, 1, 3))
+    return x[:, :length, :, :head_dim]
+
+
+def _pad_segments(segs: tuple[Array, Array], lq: int, lk: int) -> tuple[Array, Array]:
+    q_seg, kv_seg = segs
+    q_seg = jnp.pad(q_seg, ((0, 0), (0, lq - q_seg.shape[1])))[:, :, None]
+    kv_seg = jnp.pad(kv_seg, ((0, 0), (0, lk - kv_seg.shape[1])))[:, None, :]
+    return q_seg, kv_seg
+
+
+def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
+                    segment_ids: Array | tuple[Array, Array] | None = None,
+                    sliding_window: int | None = None, softcap: float | None = None,
+                    scale: float | None = None, backend: str | None = None,
+                    interpret: bool | None = None, block_q: int | None = None,
+                    block_k: int | None = None) -> Array:
+    """Memory-efficient attention: ``softmax(mask(softcap(q k^T * scale))) v``.
+
+    Args:
+      q: ``[batch, q_len, q_heads, head_dim]``.
+      k, v: ``[batch, kv_len, kv_heads, head_dim]``; ``q_heads % kv_heads == 0``
+        (GQA/MQA are read in place, never repeated).
+      causal: bottom-right aligned (query ``i`` sits at ``kv_len - q_len + i``).
+      segment_ids: ``[batch, len]`` (self-attention) or ``(q_ids [batch, q_len],
+        kv_ids [batch, kv_len])``; attention stays within equal ids. Express
+        padding by giving pad tokens an id no real token uses.
+      sliding_window: keys with ``q_pos - w < kv_pos`` (and ``<= q_pos`` if causal;
+        symmetric ``< q_pos + w`` if not).
+      softcap: ``s = softcap * tanh(s / softcap)`` (Gemma-2 style).
+      scale: defaults to ``head_dim ** -0.5``.
+      backend: "triton" | "mosaic_tpu" | "xla" (the jnp reference); None picks
+        from ``jax.default_backend()``.
+      interpret: run the Pallas kernel in interpret mode (default: on CPU).
+      block_q, block_k: override the block-size table for both directions.
+
+    Returns ``[batch, q_len, q_heads, head_dim]`` in ``q.dtype``; differentiable in
+    q, k, v with a blockwise (flash) backward. Rows with no visible key are zeros.
+    """
+    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+        raise ValueError(f"expected q [b,t,h,d] and k == v [b,s,h,d], got {q.shape}, {k.shape}, {v.shape}")
+    b, q_len, hq, d = q.shape
+    _, kv_len, hk, _ = k.shape
+    if k.shape[0] != b or k.shape[3] != d or hq % hk:
+        raise ValueError(f"incompatible q {q.shape} and k {k.shape}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError("sliding_window must be >= 1")
+    backend, interpret = resolve_backend(backend, interpret)
+    if backend == "xla":
+        return ref.attention_reference(q, k, v, causal=causal, segment_ids=segment_ids,
+                                       sliding_window=sliding_window, softcap=softcap, scale=scale)
+    segs = ref.split_segment_ids(segment_ids, q_len, kv_len)
+    bq, bk, bq_b, bk_b = choose_blocks(backend, d, q_len, kv_len, block_q, block_k)
+    lq = _round_up(q_len, math.lcm(bq, bq_b))
+    lk = _round_up(kv_len, math.lcm(bk, bk_b))
+    heads_major = backend == "mosaic_tpu"
+    dp = _padded_head_dim(backend, interpret, d)
+    cfg = FlashConfig(
+        causal=bool(causal), sliding_window=sliding_window,
+        softcap=float(softcap) if softcap else None,
+        scale=ref.default_scale(d, scale), q_len=q_len, kv_len=kv_len,
+        q_len_padded=lq, kv_len_padded=lk, block_q=bq, block_k=bk,
+        block_q_bwd=bq_b, block_k_bwd=bk_b, group=hq // hk,
+        has_segments=segs is not None, heads_major=heads_major,
+        backend=backend, interpret=interpret)
+    q_seg, kv_seg = _pad_segments(segs, lq, lk) if segs is not None else (None, None)
+    o = _flash(_to_kernel_layout(q, lq, dp, heads_major), _to_kernel_layout(k, lk, dp, heads_major),
+               _to_kernel_layout(v, lk, dp, heads_major), q_seg, kv_seg, cfg)
+    return _from_kernel_layout(o, q_len, d, heads_major)

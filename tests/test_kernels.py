@@ -1,0 +1,265 @@
+"""Pallas attention kernels vs their jnp references, in interpret mode on CPU.
+
+Shapes are tiny and blocks small (16) so that several blocks, ragged tails,
+GQA groups and empty rows are all exercised while the file stays fast.
+Run from the repository root with ``python -m pytest tests/test_kernels.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kernels
+from kernels import reference
+
+FWD_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2}
+GRAD_TOL = 1e-3
+_counter = itertools.count()
+
+
+def _keys(n: int):
+    """Fresh keys per call so no two tests share inputs."""
+    return jax.random.split(jax.random.key(1000 + next(_counter)), n)
+
+
+def _qkv(b, tq, tk, hq, hk, d, dtype=jnp.float32):
+    kq, kk, kv, kw = _keys(4)
+    q = jax.random.normal(kq, (b, tq, hq, d), jnp.float32).astype(dtype)
+    k = jax.random.normal(kk, (b, tk, hk, d), jnp.float32).astype(dtype)
+    v = jax.random.normal(kv, (b, tk, hk, d), jnp.float32).astype(dtype)
+    w = jax.random.normal(kw, (b, tq, hq, d), jnp.float32)
+    return q, k, v, w
+
+
+def _rel_err(x, y) -> float:
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-6))
+
+
+def _fwd_and_grads(fn, q, k, v, w):
+    """Output and d/d(q,k,v) of a random projection <fn(q,k,v), w>."""
+    def loss(q, k, v):
+        return jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
+    return jax.jit(lambda q, k, v: (fn(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))(q, k, v)
+
+
+def _check_flash(b=1, tq=40, tk=40, hq=2, hk=1, d=16, dtype=jnp.float32, grads=True,
+                 block_q=16, block_k=16, backend="triton", **mask_kw):
+    q, k, v, w = _qkv(b, tq, tk, hq, hk, d, dtype)
+
+    def kern(q, k, v):
+        return kernels.flash_attention(q, k, v, backend=backend, interpret=True,
+                                       block_q=block_q, block_k=block_k, **mask_kw)
+
+    def oracle(q, k, v):
+        return kernels.attention_reference(q, k, v, **mask_kw)
+
+    if not grads:
+        out, want = jax.jit(kern)(q, k, v), oracle(q, k, v)
+        assert _rel_err(out, want) < FWD_TOL[dtype]
+        return out, None
+    out, g = _fwd_and_grads(kern, q, k, v, w)
+    want, g_want = _fwd_and_grads(oracle, q, k, v, w)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert _rel_err(out, want) < FWD_TOL[dtype]
+    for name, a, b_ in zip("qkv", g, g_want):
+        assert np.all(np.isfinite(np.asarray(a, np.float32))), f"d{name} not finite"
+        assert _rel_err(a, b_) < (GRAD_TOL if dtype == jnp.float32 else 5e-2), f"d{name}"
+    return out, g
+
+
+# --------------------------------------------------------------------------- the oracle itself
+
+def test_reference_masks_match_naive_loop():
+    """The oracle's masking rules (bottom-right causal, window, segments) vs a per-element loop."""
+    b, tq, tk, h, d, w = 1, 5, 9, 1, 4, 3
+    q, k, v, _ = _qkv(b, tq, tk, h, h, d)
+    seg_q = jnp.array([[1, 1, 2, 2, 3]])
+    seg_k = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2, 2]])
+    out = reference.attention_reference(q, k, v, causal=True, sliding_window=w,
+                                        segment_ids=(seg_q, seg_k))
+    qn, kn, vn = (np.asarray(x, np.float64)[0, :, 0] for x in (q, k, v))
+    for i in range(tq):
+        pos = tk - tq + i
+        vis = [j for j in range(tk) if pos - w < j <= pos and seg_q[0, i] == seg_k[0, j]]
+        if not vis:
+            np.testing.assert_array_equal(np.asarray(out[0, i, 0]), 0.0)
+            continue
+        s = np.array([qn[i] @ kn[j] for j in vis]) / np.sqrt(d)
+        p = np.exp(s - s.max())
+        np.testing.assert_allclose(np.asarray(out[0, i, 0]), (p / p.sum()) @ vn[vis], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- flash attention
+
+@pytest.mark.parametrize("kw", [
+    dict(),                                                   # ragged: 40 = 2.5 blocks
+    dict(causal=True, hq=4, hk=2, tq=50, tk=50),              # GQA
+    dict(causal=True, tq=24, tk=56, hq=3, hk=1),              # MQA, bottom-right causal
+    dict(causal=True, sliding_window=10, softcap=5.0, tk=48, tq=48),
+    dict(sliding_window=7, tq=33, tk=33),                     # symmetric window
+    dict(softcap=2.0, tq=20, tk=45, hq=2, hk=2),
+    dict(b=2, block_q=32, block_k=16, causal=True, tq=70, tk=70),  # unequal blocks
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain")
+def test_flash_matches_reference(kw):
+    _check_flash(**kw)
+
+
+def test_flash_segment_ids_with_padding():
+    """Packed sequences plus padding expressed as its own segment id (0)."""
+    seg = jnp.array([[1] * 13 + [2] * 20 + [0] * 7, [3] * 30 + [0] * 10])
+    _check_flash(b=2, tq=40, tk=40, hq=2, hk=1, causal=True, segment_ids=seg)
+
+
+def test_flash_segment_tuple_and_fully_masked_rows():
+    """q ids absent from kv ids (9) give zero rows and finite, correct grads."""
+    q_seg = jnp.array([[1] * 8 + [9] * 5 + [2] * 11])
+    kv_seg = jnp.array([[1] * 20 + [2] * 25 + [0] * 3])
+    out, _ = _check_flash(tq=24, tk=48, segment_ids=(q_seg, kv_seg))
+    np.testing.assert_array_equal(np.asarray(out[0, 8:13]), 0.0)
+
+
+def test_flash_q_longer_than_kv_causal_rows_empty():
+    """With q_len > kv_len the first queries sit before position 0 and see nothing."""
+    out, _ = _check_flash(tq=40, tk=24, causal=True)
+    np.testing.assert_array_equal(np.asarray(out[0, :16]), 0.0)
+    assert not np.any(np.isnan(np.asarray(out)))
+
+
+def test_flash_bf16():
+    _check_flash(tq=48, tk=48, hq=4, hk=2, d=32, dtype=jnp.bfloat16, causal=True)
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_flash_large_head_dims(d):
+    _check_flash(tq=20, tk=20, hq=2, hk=1, d=d, causal=True)
+
+
+def test_flash_tpu_layout_interpreted():
+    """The Mosaic TPU variant (heads-major layout, same body) in interpret mode."""
+    seg = jnp.array([[1] * 25 + [2] * 15])
+    _check_flash(backend="mosaic_tpu", hq=4, hk=2, causal=True, sliding_window=12,
+                 segment_ids=seg, softcap=4.0)
+
+
+def test_flash_default_blocks_and_backend():
+    """No block or backend arguments: the CPU default is the interpreted Triton variant."""
+    q, k, v, _ = _qkv(1, 20, 20, 2, 2, 16)
+    out = kernels.flash_attention(q, k, v, causal=True)
+    assert _rel_err(out, kernels.attention_reference(q, k, v, causal=True)) < 1e-4
+
+
+def test_flash_xla_backend_is_reference():
+    q, k, v, _ = _qkv(1, 8, 8, 2, 1, 8)
+    out = kernels.flash_attention(q, k, v, causal=True, backend="xla")
+    np.testing.assert_array_equal(out, kernels.attention_reference(q, k, v, causal=True))
+
+
+def test_flash_rejects_bad_inputs():
+    q, k, v, _ = _qkv(1, 8, 12, 3, 2, 8)
+    with pytest.raises(ValueError):
+        kernels.flash_attention(q, k, v)                       # 3 heads over 2 kv heads
+    q, k, v, _ = _qkv(1, 8, 12, 2, 1, 8)
+    with pytest.raises(ValueError):
+        kernels.flash_attention(q, k, v, segment_ids=jnp.zeros((1, 8), jnp.int32))
+
+
+# --------------------------------------------------------------------------- decode attention
+
+def _decode_inputs(b, t, hq, hk, d, s, dtype=jnp.float32):
+    q, k, v, _ = _qkv(b, t, s, hq, hk, d, dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(num_splits=3),
+    dict(t=3, num_splits=2, softcap=3.0),
+    dict(t=2, num_splits=4, sliding_window=9),
+    dict(hq=4, hk=4, num_splits=2),                           # MHA
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain")
+def test_decode_matches_reference(kw):
+    kw = dict(kw)
+    b, t, hq, hk, d, s = 3, kw.pop("t", 1), kw.pop("hq", 8), kw.pop("hk", 2), 16, 100
+    q, k, v = _decode_inputs(b, t, hq, hk, d, s)
+    lengths = jnp.array([100, 37, t], jnp.int32)
+    split_kw = {"num_splits": kw.pop("num_splits", None)}
+    out = kernels.decode_attention(q, k, v, lengths, interpret=True, **split_kw, **kw)
+    want = kernels.decode_attention_reference(q, k, v, lengths, **kw)
+    assert _rel_err(out, want) < 1e-4
+
+
+def test_decode_empty_and_bf16_and_large_head_dim():
+    q, k, v = _decode_inputs(2, 1, 4, 1, 128, 40, jnp.bfloat16)
+    lengths = jnp.array([0, 29], jnp.int32)
+    out = kernels.decode_attention(q, k, v, lengths, num_splits=2, interpret=True)
+    want = kernels.decode_attention_reference(q, k, v, lengths)
+    np.testing.assert_array_equal(np.asarray(out[0], np.float32), 0.0)
+    assert _rel_err(out, want) < 2e-2
+
+
+def test_decode_matches_flash_on_last_tokens():
+    """Decoding the last t tokens equals the last t rows of causal flash attention."""
+    q, k, v = _decode_inputs(1, 4, 4, 2, 16, 50)
+    lengths = jnp.array([50], jnp.int32)
+    dec = kernels.decode_attention(q, k, v, lengths, num_splits=2, interpret=True)
+    fl = kernels.flash_attention(q, k, v, causal=True, interpret=True, block_q=16, block_k=16)
+    assert _rel_err(dec, fl) < 1e-4
+
+
+@pytest.mark.parametrize("kw", [dict(num_splits=1), dict(num_splits=3, t=2, sliding_window=20, softcap=5.0)])
+def test_paged_decode_matches_reference(kw):
+    kw = dict(kw)
+    b, t, hq, hk, d, ps, pages, max_pages = 3, kw.pop("t", 1), 4, 2, 16, 16, 24, 7
+    kq, kk, kv, kt = _keys(4)
+    q = jax.random.normal(kq, (b, t, hq, d))
+    k_pages = jax.random.normal(kk, (pages, ps, hk, d))
+    v_pages = jax.random.normal(kv, (pages, ps, hk, d))
+    tables = jax.random.permutation(kt, pages)[:b * max_pages].reshape(b, max_pages).astype(jnp.int32)
+    lengths = jnp.array([100, 37, t + 1], jnp.int32)
+    out = kernels.paged_decode_attention(q, k_pages, v_pages, tables, lengths, interpret=True, **kw)
+    kw.pop("num_splits")
+    want = kernels.paged_decode_attention_reference(q, k_pages, v_pages, tables, lengths, **kw)
+    assert _rel_err(out, want) < 1e-4
+
+
+# --------------------------------------------------------------------------- lowering (no device needed)
+
+def _export(fn, platform, *shapes):
+    from jax import export
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"),
+              export.DisabledSafetyCheck.custom_call("tpu_custom_call")]
+    export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*shapes)
+
+
+@pytest.mark.parametrize("platform,backend", [("cuda", "triton"), ("tpu", "mosaic_tpu")])
+def test_flash_lowers_for_device(platform, backend):
+    """Catches unsupported ops in the kernel bodies for the real backends (Triton / Mosaic
+    lowering only; the final device compile still needs the device)."""
+    sds = jax.ShapeDtypeStruct
+    q, kv = sds((2, 200, 8, 128), jnp.bfloat16), sds((2, 200, 2, 128), jnp.bfloat16)
+    seg = jnp.zeros((2, 200), jnp.int32)
+
+    def fwd_bwd(q, k, v):
+        def f(q, k, v):
+            return kernels.flash_attention(q, k, v, causal=True, sliding_window=64, softcap=30.0,
+                                           segment_ids=seg, backend=backend, interpret=False)
+        return jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+
+    _export(fwd_bwd, platform, q, kv, kv)
+
+
+def test_decode_lowers_for_triton():
+    sds = jax.ShapeDtypeStruct
+    q, kv, lengths = sds((2, 1, 8, 64), jnp.bfloat16), sds((2, 500, 2, 64), jnp.bfloat16), sds((2,), jnp.int32)
+    _export(lambda q, k, v, n: kernels.decode_attention(q, k, v, n, backend="triton", interpret=False,
+                                                        sliding_window=100), "cuda", q, kv, kv, lengths)
+    pages, tables = sds((40, 16, 2, 64), jnp.bfloat16), sds((2, 32), jnp.int32)
+    _export(lambda q, k, v, t, n: kernels.paged_decode_attention(q, k, v, t, n, backend="triton",
+                                                                 interpret=False),
+            "cuda", q, pages, pages, tables, lengths)
