@@ -465,7 +465,8 @@ def test_template_selection(toks, tmp_path):
     tok = AutoTokenizer.from_pretrained(folder)
     hf = transformers.AutoTokenizer.from_pretrained(str(folder))
     assert tok.chat_template == MISTRAL == hf.chat_template
-    assert tok.apply_chat_template(CHAT) == hf.apply_chat_template(CHAT, return_dict=False)
+    assert tok.apply_chat_template(CHAT)["input_ids"] == hf.apply_chat_template(CHAT)["input_ids"]
+    assert tok.apply_chat_template(CHAT, return_dict=False) == hf.apply_chat_template(CHAT, return_dict=False)
     tok.save_pretrained(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
     assert config["chat_template"] == MISTRAL

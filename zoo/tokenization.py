@@ -763,7 +763,7 @@ class PreTrainedTokenizer:
         truncation: bool | str = False,
         max_length: int | None = None,
         return_tensors: str | None = None,
-        return_dict: bool = False,
+        return_dict: bool = True,
         tokenizer_kwargs: Mapping[str, Any] | None = None,
         **template_kwargs: Any,
     ) -> str | list[str] | list[int] | list[list[int]] | BatchEncoding | Any:
@@ -773,8 +773,8 @@ class PreTrainedTokenizer:
         ``add_generation_prompt``, the special tokens (``bos_token``...) and any extra
         ``template_kwargs``; the rendered text is tokenized with
         ``add_special_tokens=False`` because the template writes them itself.
-        Returns the prompt string(s) if ``tokenize=False``, else input ids, or the
-        whole :class:`BatchEncoding` with ``return_dict=True``.
+        Returns the prompt string(s) if ``tokenize=False``; else, as Transformers v5
+        does by default, a :class:`BatchEncoding` (``return_dict=False``: the input ids).
         """
         template = self.get_chat_template(chat_template, tools)
         if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
