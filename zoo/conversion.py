@@ -36,6 +36,10 @@ class Rule:
     flat: bool = False  # HF stores it 1-D (e.g. a q bias [heads * head_dim])
     to_ours: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] | None = None
     from_ours: Callable[[np.ndarray], np.ndarray] | None = None
+    # Layers that have no such tensor (e.g. ModernBERT's first layer has no attention norm):
+    # loading fills them with ``fill`` (so stacked layers keep one shape), saving leaves them out.
+    skip_layers: tuple[int, ...] = ()
+    fill: float = 0.0
 
     @property
     def per_layer(self) -> bool:
@@ -115,7 +119,9 @@ def load_params(
     params: dict = {}
     layers_list: list[dict] = [dict() for _ in range(num_layers)] if not scan_layers else []
 
-    def fetch(name: str, spec: ParamSpec, rule: Rule) -> np.ndarray | None:
+    def fetch(name: str, spec: ParamSpec, rule: Rule, layer: int | None = None) -> np.ndarray | None:
+        if layer is not None and layer in rule.skip_layers:
+            return np.full(spec.shape, rule.fill, np_dtype)
         real = _resolve_name(reader, name, prefixes)
         if real is None:
             missing.append(name)
@@ -140,7 +146,7 @@ def load_params(
             continue
         if scan_layers:
             full = _get(specs, rule.path)
-            parts = [fetch(rule.hf.format(i=i), _layer_spec(specs, rule.path, i, True), rule) for i in range(num_layers)]
+            parts = [fetch(rule.hf.format(i=i), _layer_spec(specs, rule.path, i, True), rule, i) for i in range(num_layers)]
             if any(p is None for p in parts):
                 continue
             stacked = np.stack(parts)
@@ -149,7 +155,7 @@ def load_params(
         else:
             for i in range(num_layers):
                 spec = _layer_spec(specs, rule.path, i, False)
-                arr = fetch(rule.hf.format(i=i), spec, rule)
+                arr = fetch(rule.hf.format(i=i), spec, rule, i)
                 if arr is not None:
                     _set(layers_list[i], rule.path[1:], place(arr, spec.axes))
     if missing:
@@ -176,9 +182,10 @@ def iter_hf_tensors(
         if scan_layers:
             stacked = np.asarray(jax.device_get(_get(params, rule.path)))
             for i in range(num_layers):
-                yield rule.hf.format(i=i), _cast(rule.save(stacked[i]), dtype)
+                if i not in rule.skip_layers:
+                    yield rule.hf.format(i=i), _cast(rule.save(stacked[i]), dtype)
         else:
-            for i in range(num_layers):
+            for i in [i for i in range(num_layers) if i not in rule.skip_layers]:
                 arr = np.asarray(jax.device_get(_get(params["layers"][i], rule.path[1:])))
                 yield rule.hf.format(i=i), _cast(rule.save(arr), dtype)
 

@@ -42,9 +42,29 @@ def sequence_classification_loss(logits: jax.Array, labels: jax.Array, problem_t
             problem_type = "multi_label_classification"
     logits = logits.astype(jnp.float32)
     if problem_type == "regression":
-        return jnp.mean(jnp.square(logits.squeeze(-1) - labels.astype(jnp.float32).reshape(logits.shape[:-1])))
+        if num_labels == 1:
+            return jnp.mean(jnp.square(logits.squeeze(-1) - labels.astype(jnp.float32).reshape(logits.shape[:-1])))
+        return jnp.mean(jnp.square(logits - labels.astype(jnp.float32)))
     if problem_type == "single_label_classification":
         total, count = token_cross_entropy_sum(logits, labels)
         return total / jnp.maximum(count, 1)
     labels = labels.astype(jnp.float32)
     return jnp.mean(jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
+def token_classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy over every labelled position (-100 ignored): masked LM and token tagging."""
+    total, count = token_cross_entropy_sum(logits, labels)
+    return total / jnp.maximum(count, 1)
+
+
+def question_answering_loss(start_logits: jax.Array, end_logits: jax.Array, start_positions: jax.Array,
+                            end_positions: jax.Array) -> jax.Array:
+    """Transformers' span loss: positions clamped to [0, seq]; seq itself (outside the input) is ignored."""
+    seq = start_logits.shape[-1]
+
+    def one(logits, positions):
+        positions = jnp.clip(positions.reshape(logits.shape[:-1]), 0, seq)
+        return token_classification_loss(logits, jnp.where(positions == seq, IGNORE_INDEX, positions))
+
+    return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2

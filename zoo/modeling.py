@@ -27,7 +27,7 @@ from zoo.conversion import Rule, iter_hf_tensors, load_params
 from zoo.hub import CheckpointError, CheckpointReader, resolve_folder, save_tensors_sharded
 from zoo.losses import causal_lm_loss
 from zoo.models import get_family
-from zoo.nn.params import abstract_params, logical_axes
+from zoo.nn.params import abstract_params, init_params, logical_axes
 from zoo.outputs import BaseModelOutput, CausalLMOutput
 
 logger = logging.getLogger(__name__)
@@ -177,9 +177,13 @@ class PreTrainedModel:
         rules_ = cls.rules_for(family, config, specs)
         place = _placer(mesh, rules)
         ignore = tuple(getattr(family.convert, "IGNORE", ())) + cls.ignore_tensors(config)
+        reader = CheckpointReader(folder)
+        prefixes = cls.checkpoint_prefixes(family, config)
+        absent = _absent_params(reader, rules_, cls.initializable_params(config), prefixes)
+        rules_ = [r for r in rules_ if r.path[0] not in absent]
         show = _progress_printer(len(rules_)) if progress else None
         params = load_params(
-            CheckpointReader(folder),
+            reader,
             rules_,
             specs,
             num_layers=config.num_hidden_layers,
@@ -187,9 +191,26 @@ class PreTrainedModel:
             dtype=config.weight_dtype,
             place=place,
             ignore=ignore,
+            prefixes=prefixes,
             progress=show,
         )
+        if absent:
+            logger.warning("%s: %s not in the checkpoint; initialised at random (train before use)",
+                           cls.__name__, ", ".join(absent))
+            fresh = init_params({k: specs[k] for k in absent}, jax.random.PRNGKey(0), config.weight_dtype)
+            params.update(fresh)
         return cls(config, params, _load_generation_config(folder))
+
+    @classmethod
+    def checkpoint_prefixes(cls, family: ModuleType, config: ModelConfig) -> tuple[str, ...]:
+        """Prefixes a checkpoint may add to (or leave off) our rules' tensor names."""
+        return ("model.",)
+
+    @classmethod
+    def initializable_params(cls, config: ModelConfig) -> tuple[str, ...]:
+        """Top-level params (task heads) drawn at random when the checkpoint lacks all their
+        tensors, as Transformers does when a new head goes on a pretrained backbone."""
+        return ()
 
     @classmethod
     def ignore_tensors(cls, config: ModelConfig) -> tuple[str, ...]:
@@ -273,6 +294,18 @@ class PreTrainedModel:
         layers = stack_layers(layers) if scan_layers else unstack_layers(layers, self.config.num_hidden_layers)
         return type(self)(self.config.replace(scan_layers=scan_layers), {**self.params, "layers": layers},
                           self.generation_config)
+
+
+def _absent_params(reader: CheckpointReader, rules: Sequence[Rule], candidates: Sequence[str],
+                   prefixes: Sequence[str]) -> tuple[str, ...]:
+    """The candidate top-level params none of whose tensors the checkpoint holds."""
+    from zoo.conversion import _resolve_name
+
+    def present(rule: Rule) -> bool:
+        return _resolve_name(reader, rule.hf.format(i=0) if rule.per_layer else rule.hf, prefixes) is not None
+
+    return tuple(k for k in candidates
+                 if any(r.path[0] == k for r in rules) and not any(present(r) for r in rules if r.path[0] == k))
 
 
 def _placer(mesh: Any, rules: Any) -> Callable[[np.ndarray, tuple], jax.Array]:

@@ -13,6 +13,11 @@ FAMILIES: dict[str, str] = {
     "mistral": "zoo.models.mistral",
     "qwen2": "zoo.models.qwen2",
     "qwen3": "zoo.models.qwen3",
+    "bert": "zoo.models.bert",
+    "roberta": "zoo.models.roberta",
+    "xlm-roberta": "zoo.models.xlm_roberta",
+    "distilbert": "zoo.models.distilbert",
+    "modernbert": "zoo.models.modernbert",
 }
 
 

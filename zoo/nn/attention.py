@@ -38,18 +38,25 @@ class MaskInfo(NamedTuple):
 
 
 def dense_mask(info: MaskInfo, *, causal: bool = True, sliding_window: Any = None) -> jax.Array:
-    """Boolean [batch, q_len, kv_len] mask. ``sliding_window`` may be traced (0 = none)."""
+    """Boolean [batch, q_len, kv_len] mask. ``sliding_window`` may be traced (0 = none); without
+    ``causal`` the window is symmetric (keys within ``sliding_window - 1`` on either side)."""
     q = info.q_index[:, :, None]
     kv = info.kv_index[:, None, :]
     allowed = info.kv_valid[:, None, :]
     if causal:
         allowed = allowed & (kv <= q)
     if sliding_window is not None:
+        # Bidirectional (encoder) windows reach as far right as left: |q - kv| < window.
         if isinstance(sliding_window, int):
             allowed = allowed & (kv > q - sliding_window)
+            if not causal:
+                allowed = allowed & (kv < q + sliding_window)
         else:  # traced per-layer window under lax.scan; 0 means "no window"
             w = jnp.asarray(sliding_window)
-            allowed = allowed & ((w <= 0) | (kv > q - w))
+            inside = kv > q - w
+            if not causal:
+                inside = inside & (kv < q + w)
+            allowed = allowed & ((w <= 0) | inside)
     if info.q_segment is not None:
         allowed = allowed & (info.q_segment[:, :, None] == info.kv_segment[:, None, :])
     return allowed
