@@ -40,10 +40,26 @@ class Rule:
     # loading fills them with ``fill`` (so stacked layers keep one shape), saving leaves them out.
     skip_layers: tuple[int, ...] = ()
     fill: float = 0.0
+    # Mixture-of-experts weights: ``{e}`` in ``hf`` names ``stack`` tensors (one per expert)
+    # that become one param with a leading ``expert`` dim (after ``layers`` when stacked).
+    stack: int = 0
+    # Only these layers have the tensor (e.g. MoE vs dense MLP layers): the stacked param
+    # holds just them, in order. None: every layer.
+    only_layers: tuple[int, ...] | None = None
 
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.hf
+
+    def layer_ids(self, num_layers: int) -> tuple[int, ...]:
+        return tuple(range(num_layers)) if self.only_layers is None else self.only_layers
+
+    def names(self, layer: int | None = None) -> list[str]:
+        """The HF tensor name(s) of one layer: one, or one per expert when stacked."""
+        fmt = {} if layer is None else {"i": layer}
+        if self.stack:
+            return [self.hf.format(e=e, **fmt) for e in range(self.stack)]
+        return [self.hf.format(**fmt) if fmt else self.hf]
 
     def load(self, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if self.to_ours is not None:
@@ -122,6 +138,13 @@ def load_params(
     def fetch(name: str, spec: ParamSpec, rule: Rule, layer: int | None = None) -> np.ndarray | None:
         if layer is not None and layer in rule.skip_layers:
             return np.full(spec.shape, rule.fill, np_dtype)
+        if rule.stack:
+            one = ParamSpec(spec.shape[1:], spec.axes[1:], spec.init)
+            parts = [fetch_one(n, one, rule) for n in rule.names(layer)]
+            return None if any(p is None for p in parts) else np.stack(parts)
+        return fetch_one(name, spec, rule)
+
+    def fetch_one(name: str, spec: ParamSpec, rule: Rule) -> np.ndarray | None:
         real = _resolve_name(reader, name, prefixes)
         if real is None:
             missing.append(name)
@@ -140,22 +163,23 @@ def load_params(
             progress(rule.hf)
         if not rule.per_layer:
             spec = _get(specs, rule.path)
-            arr = fetch(rule.hf, spec, rule)
+            arr = fetch(rule.names()[0], spec, rule)
             if arr is not None:
                 _set(params, rule.path, place(arr, spec.axes))
             continue
         if scan_layers:
             full = _get(specs, rule.path)
-            parts = [fetch(rule.hf.format(i=i), _layer_spec(specs, rule.path, i, True), rule, i) for i in range(num_layers)]
+            parts = [fetch(rule.names(i)[0], _layer_spec(specs, rule.path, i, True), rule, i)
+                     for i in rule.layer_ids(num_layers)]
             if any(p is None for p in parts):
                 continue
             stacked = np.stack(parts)
             del parts
             _set(params, rule.path, place(stacked, full.axes))
         else:
-            for i in range(num_layers):
+            for i in rule.layer_ids(num_layers):
                 spec = _layer_spec(specs, rule.path, i, False)
-                arr = fetch(rule.hf.format(i=i), spec, rule, i)
+                arr = fetch(rule.names(i)[0], spec, rule, i)
                 if arr is not None:
                     _set(layers_list[i], rule.path[1:], place(arr, spec.axes))
     if missing:
@@ -177,17 +201,27 @@ def iter_hf_tensors(
     for rule in rules:
         if not rule.per_layer:
             arr = np.asarray(jax.device_get(_get(params, rule.path)))
-            yield rule.hf, _cast(rule.save(arr), dtype)
+            yield from _save_one(rule, None, arr, dtype)
             continue
+        ids = rule.layer_ids(num_layers)
         if scan_layers:
             stacked = np.asarray(jax.device_get(_get(params, rule.path)))
-            for i in range(num_layers):
+            for j, i in enumerate(ids):
                 if i not in rule.skip_layers:
-                    yield rule.hf.format(i=i), _cast(rule.save(stacked[i]), dtype)
+                    yield from _save_one(rule, i, stacked[j], dtype)
         else:
-            for i in [i for i in range(num_layers) if i not in rule.skip_layers]:
+            for i in [i for i in ids if i not in rule.skip_layers]:
                 arr = np.asarray(jax.device_get(_get(params["layers"][i], rule.path[1:])))
-                yield rule.hf.format(i=i), _cast(rule.save(arr), dtype)
+                yield from _save_one(rule, i, arr, dtype)
+
+
+def _save_one(rule: Rule, layer: int | None, arr: np.ndarray, dtype: Any) -> Iterator[tuple[str, np.ndarray]]:
+    names = rule.names(layer)
+    if not rule.stack:
+        yield names[0], _cast(rule.save(arr), dtype)
+        return
+    for e, name in enumerate(names):
+        yield name, _cast(rule.save(arr[e]), dtype)
 
 
 def _cast(arr: np.ndarray, dtype: Any) -> np.ndarray:

@@ -204,7 +204,7 @@ class PreTrainedModel:
     @classmethod
     def checkpoint_prefixes(cls, family: ModuleType, config: ModelConfig) -> tuple[str, ...]:
         """Prefixes a checkpoint may add to (or leave off) our rules' tensor names."""
-        return ("model.",)
+        return (decoder_prefix(family),)
 
     @classmethod
     def initializable_params(cls, config: ModelConfig) -> tuple[str, ...]:
@@ -219,7 +219,9 @@ class PreTrainedModel:
 
     # ---- saving ----
     def hf_architecture(self) -> str:
-        return self.family.HF_PREFIX + self.architecture_suffix
+        # Families whose class names break the pattern (GPT2LMHeadModel) list them.
+        named = getattr(self.family, "HF_ARCHITECTURES", {})
+        return named.get(self.architecture_suffix, self.family.HF_PREFIX + self.architecture_suffix)
 
     def save_pretrained(
         self,
@@ -357,6 +359,11 @@ def _generation_config_json(gen: Any, config: ModelConfig) -> str | None:
 
 
 # ---------------------------------------------------------------- task classes
+def decoder_prefix(family: ModuleType) -> str:
+    """The base-model prefix of a decoder family's tensor names ("model.", GPT-2's "transformer.")."""
+    return getattr(family.convert, "BASE_PREFIX", "model.")
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "logits_to_keep"))
 def _causal_lm_apply(params, cfg, input_ids, attention_mask, position_ids, labels, cache, segment_ids,
                      inputs_embeds, logits_to_keep):
@@ -441,8 +448,9 @@ class BaseModel(PreTrainedModel):
     @classmethod
     def rules_for(cls, family, cfg, specs):
         # A bare model is saved without the "model." prefix, as Transformers' <Family>Model does.
+        prefix = decoder_prefix(family)
         return [
-            dataclasses.replace(r, hf=r.hf[len("model."):] if r.hf.startswith("model.") else r.hf)
+            dataclasses.replace(r, hf=r.hf[len(prefix):] if r.hf.startswith(prefix) else r.hf)
             for r in family.convert.rules(cfg, specs)
         ]
 

@@ -18,6 +18,10 @@ FAMILIES: dict[str, str] = {
     "xlm-roberta": "zoo.models.xlm_roberta",
     "distilbert": "zoo.models.distilbert",
     "modernbert": "zoo.models.modernbert",
+    "gpt2": "zoo.models.gpt2",
+    "gpt_neox": "zoo.models.gpt_neox",
+    "mixtral": "zoo.models.mixtral",
+    "qwen3_moe": "zoo.models.qwen3_moe",
 }
 
 
