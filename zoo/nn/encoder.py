@@ -123,6 +123,16 @@ def self_attention(
     return output_projection(p["o_proj"], out)
 
 
+def glu_mlp(p: Mapping[str, Any], x: jax.Array, act: str) -> jax.Array:
+    """GeGLU/SwiGLU with a fused input kernel ``gate_up_proj`` ``[d, 2, f]`` (ModernBERT's ``Wi``):
+    ``down(act(x W[:, 0]) * x W[:, 1])``, one [b*t, d] x [d, 2f] matmul for both halves."""
+    w = p["gate_up_proj"]
+    f = w["kernel"].shape[-1]
+    h = dense(x, {"kernel": flat_kernel(w["kernel"]), **({"bias": flat_bias(w)} if "bias" in w else {})})
+    h = get_activation(act)(h[..., :f]) * h[..., f:]
+    return dense(h, p["down_proj"])
+
+
 # ---------------------------------------------------------------- layers
 def post_ln_layer(p: Mapping[str, Any], x: jax.Array, info: MaskInfo, *, num_heads: int, act: str, eps: float,
                   implementation: str = "xla") -> jax.Array:
@@ -181,5 +191,5 @@ def mean_pool(x: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
 
 __all__ = [
     "linear_spec", "layer_norm_spec", "dense", "norm", "padding_mask_info", "qkv_projection", "output_projection",
-    "self_attention", "post_ln_layer", "run_layers", "prediction_head", "vocab_logits", "mean_pool",
+    "self_attention", "glu_mlp", "post_ln_layer", "run_layers", "prediction_head", "vocab_logits", "mean_pool",
 ]
