@@ -14,6 +14,7 @@ def run(args: argparse.Namespace) -> int:
     import jaxlib
 
     from zoo import __version__
+    from zoo.cli.cache import describe_cache
     from zoo.nn.attention import IMPLEMENTATIONS, platform_supports
 
     backend = jax.default_backend()
@@ -22,10 +23,5 @@ def run(args: argparse.Namespace) -> int:
     usable = [name for name in IMPLEMENTATIONS if name == "auto" or platform_supports(name, backend)]
     print(f"attention implementations here: {', '.join(usable)}"
           + (" (pallas runs in interpret mode on CPU)" if backend == "cpu" else ""))
-    try:
-        from zoo.cli.cache import describe_cache
-
-        print(describe_cache())
-    except ImportError:
-        pass
+    print(describe_cache(getattr(args, "compile_cache", None), getattr(args, "no_compile_cache", False)))
     return 0

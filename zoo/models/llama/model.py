@@ -133,6 +133,19 @@ def update_kv(kv_cache: KVCache, k: jax.Array, v: jax.Array, start: jax.Array) -
 
 
 # ---------------------------------------------------------------- layers
+def qkv_rope(p: Params, cfg: LlamaConfig, x: jax.Array, cos: jax.Array, sin: jax.Array):
+    """Queries, keys and values [b, t, heads, head_dim], normed (qk_norm) and rotated; the paged
+    decode step (zoo.generation.paged) shares it."""
+    q = project(x, p["q_proj"], "btd,dhk->bthk")
+    k = project(x, p["k_proj"], "btd,dhk->bthk")
+    v = project(x, p["v_proj"], "btd,dhk->bthk")
+    if cfg.qk_norm:
+        q = rms_norm(p["q_norm"]["scale"], q, cfg.rms_norm_eps)
+        k = rms_norm(p["k_norm"]["scale"], k, cfg.rms_norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return constrain(q, ("batch", "seq", "act_heads", None)), k, v
+
+
 def attention_block(
     p: Params,
     cfg: LlamaConfig,
@@ -144,14 +157,7 @@ def attention_block(
     kv_cache: KVCache | None,
     cache_start: jax.Array | None,
 ) -> tuple[jax.Array, KVCache | None]:
-    q = project(x, p["q_proj"], "btd,dhk->bthk")
-    k = project(x, p["k_proj"], "btd,dhk->bthk")
-    v = project(x, p["v_proj"], "btd,dhk->bthk")
-    if cfg.qk_norm:
-        q = rms_norm(p["q_norm"]["scale"], q, cfg.rms_norm_eps)
-        k = rms_norm(p["k_norm"]["scale"], k, cfg.rms_norm_eps)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    q = constrain(q, ("batch", "seq", "act_heads", None))
+    q, k, v = qkv_rope(p, cfg, x, cos, sin)
     if kv_cache is not None:
         k, v, kv_cache = update_kv(kv_cache, k, v, cache_start)
     out = attention(

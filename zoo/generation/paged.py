@@ -1,0 +1,241 @@
+"""A paged KV cache (vLLM-style) for serving many sequences in one decode batch.
+
+Memory is one pool of fixed-size pages per layer,
+``k/v: [layers, pages, page_size, kv_heads, head_dim]``; each sequence owns a list of
+page ids (its *block table*), so sequences of any length share the pool without
+reserving ``max_length`` slots each, and a finished sequence gives its pages back
+at once. Page 0 is never handed out: rows of the batch that are idle, and the
+padding of a prompt, write their K/V there, so every step has the same shapes.
+
+Three pieces:
+
+* :class:`PageAllocator`: host-side free list of page ids.
+* :func:`prefill_into_pages`: runs prompts through the model's own ``forward`` with a
+  contiguous cache (left-padded, as ``generate`` does, so the numerics are the same),
+  scatters the keys/values into the sequences' pages, and picks each first token.
+* :func:`paged_decode_step`: one token for every row of the batch: writes the new K/V
+  into the pages and attends through the block tables with
+  :func:`kernels.paged_decode_attention` (the Pallas kernel on GPU, the gather
+  reference under XLA on CPU).
+
+Both compile once per shape (prompt-length bucket; batch and table width fixed by
+the server) and donate the page pool, so it is updated in place.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.models import get_family
+from zoo.models.llama.config import LlamaConfig
+from zoo.nn.dense import embed, gated_mlp, project, unembed
+from zoo.nn.norms import rms_norm
+from zoo.nn.rope import rope_cos_sin
+
+SCRATCH_PAGE = 0
+
+
+class PagedKV(NamedTuple):
+    """The page pool: ``k``/``v`` of shape ``[layers, num_pages, page_size, kv_heads, head_dim]``."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @property
+    def num_pages(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def page_size(self) -> int:
+        return self.k.shape[2]
+
+
+def check_supported(cfg: Any) -> None:
+    if not isinstance(cfg, LlamaConfig):
+        raise ValueError(
+            f"the paged KV cache serves Llama-style decoders (llama, mistral, qwen2, qwen3); "
+            f"model_type '{cfg.model_type}' is not one of them"
+        )
+
+
+def init_pages(cfg: Any, num_pages: int, page_size: int, dtype: Any = None) -> PagedKV:
+    check_supported(cfg)
+    if num_pages < 2:
+        raise ValueError(f"num_pages must be >= 2 (page 0 is scratch), got {num_pages}")
+    shape = (cfg.num_hidden_layers, num_pages, page_size, cfg.num_key_value_heads, cfg.head_dim)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    return PagedKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def pages_needed(num_tokens: int, page_size: int) -> int:
+    return -(-num_tokens // page_size)
+
+
+class OutOfPages(RuntimeError):
+    pass
+
+
+class PageAllocator:
+    """Free list of page ids 1..num_pages-1 (page 0 is the scratch page). Not thread-safe:
+    the engine thread owns it."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages = num_pages
+        self._free = list(range(num_pages - 1, 0, -1))  # pop() hands out low ids first
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise OutOfPages(f"asked for {n} pages, {len(self._free)} free of {self.num_pages - 1}")
+        return [self._free.pop() for _ in range(n)]
+
+    def free(self, pages: list[int]) -> None:
+        if any(p == SCRATCH_PAGE or p >= self.num_pages for p in pages):
+            raise ValueError(f"not pages of this pool: {pages}")
+        self._free.extend(reversed(pages))
+
+
+def block_table_row(pages: list[int], width: int) -> np.ndarray:
+    """A sequence's pages padded with the scratch page to the table width."""
+    if len(pages) > width:
+        raise ValueError(f"{len(pages)} pages do not fit a block table of width {width}")
+    row = np.full((width,), SCRATCH_PAGE, np.int32)
+    row[: len(pages)] = pages
+    return row
+
+
+# ---------------------------------------------------------------- token choice
+def choose_tokens(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, seeds: jax.Array,
+                  steps: jax.Array) -> jax.Array:
+    """Per-row choice: greedy where ``temperature == 0``, else nucleus sampling at that
+    temperature with key ``fold_in(PRNGKey(seed), step)`` (reproducible whatever else is
+    in the batch). logits [B, V] fp32 -> int32 [B]."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    t = jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    scaled = logits / t
+    order = jnp.argsort(-scaled, axis=-1)
+    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
+    keep_sorted = before < top_p[:, None]
+    keep_sorted = keep_sorted.at[:, 0].set(True)
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(order.shape[0])[:, None], order].set(keep_sorted)
+    filtered = jnp.where(keep, scaled, -jnp.inf)
+    keys = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.PRNGKey(s), n))(seeds, steps)
+    sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, filtered).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+# ---------------------------------------------------------------- prefill
+def _stack_layers(buffers: Any) -> jax.Array:
+    """Cache K or V, stacked [L, b, T, h, d] or a per-layer list -> [L, b, T, h, d]."""
+    return buffers if not isinstance(buffers, (list, tuple)) else jnp.stack(buffers)
+
+
+def _prefill(model, pages: PagedKV, ids, lengths, tables, temperature, top_p, seeds):
+    """ids [n, T] left-padded; lengths [n]; tables [n, W]. Returns (first tokens [n], logits [n, V], pages)."""
+    n, t = ids.shape
+    cfg = model.config
+    mask = (jnp.arange(t)[None, :] >= (t - lengths)[:, None]).astype(jnp.int32)
+    positions = jnp.where(mask == 0, 1, jnp.cumsum(mask, axis=-1) - 1).astype(jnp.int32)
+    family = get_family(cfg.model_type)
+    cache = model.init_cache(n, t)
+    logits, cache = family.forward(model.params, cfg, ids, attention_mask=mask, position_ids=positions,
+                                   cache=cache, logits_to_keep=1)
+    logits = logits[:, -1]
+    # slot j of row i holds token position j - (T - length); padding goes to the scratch page
+    pos = jnp.arange(t)[None, :] - (t - lengths)[:, None]
+    valid = pos >= 0
+    ps = pages.page_size
+    page_ids = jnp.where(valid, jnp.take_along_axis(tables, jnp.maximum(pos, 0) // ps, axis=1), SCRATCH_PAGE)
+    slots = jnp.where(valid, pos % ps, 0)
+    k = _stack_layers(cache["k"]).astype(pages.k.dtype)  # [L, n, T, h, d]
+    v = _stack_layers(cache["v"]).astype(pages.v.dtype)
+    pages = PagedKV(pages.k.at[:, page_ids, slots].set(k), pages.v.at[:, page_ids, slots].set(v))
+    first = choose_tokens(logits, temperature, top_p, seeds, jnp.zeros((n,), jnp.int32))
+    return first, logits, pages
+
+
+_prefill_jit = jax.jit(_prefill, donate_argnames=("pages",))
+
+
+def prefill_into_pages(model: Any, pages: PagedKV, ids: Any, lengths: Any, tables: Any, *,
+                       temperature: Any = None, top_p: Any = None, seeds: Any = None):
+    """Prompts into their pages. ``ids`` [n, T] left-padded to a bucket, ``lengths`` [n] real
+    lengths, ``tables`` [n, W] block tables. Returns ``(first_tokens [n], logits [n, V], pages)``;
+    ``pages`` is donated (do not reuse the argument)."""
+    n = np.shape(ids)[0]
+    temperature = np.zeros((n,), np.float32) if temperature is None else temperature
+    top_p = np.ones((n,), np.float32) if top_p is None else top_p
+    seeds = np.zeros((n,), np.uint32) if seeds is None else seeds
+    return _prefill_jit(model, pages, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32),
+                        jnp.asarray(tables, jnp.int32), jnp.asarray(temperature, jnp.float32),
+                        jnp.asarray(top_p, jnp.float32), jnp.asarray(seeds, jnp.uint32))
+
+
+# ---------------------------------------------------------------- decode
+def _layer_params(layers: Any, i: int) -> Any:
+    if isinstance(layers, (list, tuple)):
+        return layers[i]
+    return jax.tree.map(lambda a: a[i], layers)
+
+
+def _decode(model, pages: PagedKV, tokens, positions, tables, active, temperature, top_p, seeds, steps):
+    """One new token per row. tokens [B] (the last token of each row, not yet in the cache),
+    positions [B] (its position), tables [B, W], active [B] bool."""
+    from kernels import paged_decode_attention
+    from zoo.models.llama.model import attention_scale, qkv_rope
+
+    cfg = model.config
+    params = model.params
+    ps = pages.page_size
+    x = embed(params["embed_tokens"]["embedding"], tokens[:, None], cfg.compute_dtype)
+    cos, sin = rope_cos_sin(cfg.rope, positions[:, None], cfg.compute_dtype)
+    write_page = jnp.where(active, jnp.take_along_axis(tables, (positions // ps)[:, None], axis=1)[:, 0],
+                           SCRATCH_PAGE)
+    write_slot = jnp.where(active, positions % ps, 0)
+    lengths = jnp.where(active, positions + 1, 0)  # idle rows see nothing (their output is zeros)
+    k_pool, v_pool = pages.k, pages.v
+    for i, window in enumerate(cfg.layer_windows()):
+        lp = _layer_params(params["layers"], i)
+        h = rms_norm(lp["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
+        q, k, v = qkv_rope(lp["self_attn"], cfg, h, cos, sin)
+        k_pool = k_pool.at[i, write_page, write_slot].set(k[:, 0].astype(k_pool.dtype))
+        v_pool = v_pool.at[i, write_page, write_slot].set(v[:, 0].astype(v_pool.dtype))
+        out = paged_decode_attention(q, k_pool[i], v_pool[i], tables, lengths, scale=attention_scale(cfg),
+                                     sliding_window=window)
+        x = x + project(out.astype(x.dtype), lp["self_attn"]["o_proj"], "bthk,hkd->btd")
+        h = rms_norm(lp["post_attention_layernorm"]["scale"], x, cfg.rms_norm_eps)
+        x = x + gated_mlp(lp["mlp"], h, cfg.hidden_act)
+    h = rms_norm(params["norm"]["scale"], x, cfg.rms_norm_eps)
+    logits = unembed(h, params, cfg.tie_word_embeddings)[:, 0].astype(jnp.float32)
+    nxt = choose_tokens(logits, temperature, top_p, seeds, steps)
+    return nxt, logits, PagedKV(k_pool, v_pool)
+
+
+_decode_jit = jax.jit(_decode, donate_argnames=("pages",))
+
+
+def paged_decode_step(model: Any, pages: PagedKV, tokens: Any, positions: Any, tables: Any, active: Any, *,
+                      temperature: Any = None, top_p: Any = None, seeds: Any = None, steps: Any = None):
+    """One decode step for the whole batch. Returns ``(next_tokens [B], logits [B, V], pages)``;
+    ``pages`` is donated. ``steps[b]`` numbers the row's sampling draws (0 was the prefill's)."""
+    b = np.shape(tokens)[0]
+    temperature = np.zeros((b,), np.float32) if temperature is None else temperature
+    top_p = np.ones((b,), np.float32) if top_p is None else top_p
+    seeds = np.zeros((b,), np.uint32) if seeds is None else seeds
+    steps = np.ones((b,), np.int32) if steps is None else steps
+    return _decode_jit(model, pages, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
+                       jnp.asarray(tables, jnp.int32), jnp.asarray(active, bool),
+                       jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
+                       jnp.asarray(seeds, jnp.uint32), jnp.asarray(steps, jnp.int32))
+
+
+__all__ = ["PagedKV", "PageAllocator", "OutOfPages", "init_pages", "pages_needed", "block_table_row",
+           "prefill_into_pages", "paged_decode_step", "choose_tokens", "check_supported", "SCRATCH_PAGE"]
