@@ -100,6 +100,7 @@ class GenerationConfig:
     do_sample: bool = False
     num_beams: int = 1
     use_cache: bool = True
+    cache_implementation: str | None = None  # "static" (default) or "sliding_window" / "rolling"
     # --- logits manipulation ------------------------------------------------------------
     temperature: float = 1.0
     top_k: int = 50
@@ -308,6 +309,8 @@ class GenerationConfig:
             errors.append(f"`min_length` must be a non-negative integer, but is {self.min_length!r}.")
         if self.min_new_tokens is not None and (not is_int(self.min_new_tokens) or self.min_new_tokens < 0):
             errors.append(f"`min_new_tokens` must be a non-negative integer, but is {self.min_new_tokens!r}.")
+        if self.cache_implementation is not None and not isinstance(self.cache_implementation, str):
+            errors.append(f"`cache_implementation` must be a string, but is {self.cache_implementation!r}.")
         if self.early_stopping not in (True, False, "never"):
             errors.append(f"`early_stopping` must be True, False or 'never', but is {self.early_stopping!r}.")
         if self.stop_strings is not None:

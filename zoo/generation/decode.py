@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.generation.cache import check_implementation, init_cache
 from zoo.generation.config import GenerationConfig
 from zoo.generation.logits_process import build_logits_processor, greedy_next_token, sample_next_token
 from zoo.generation.stopping_criteria import StopStringMatcher, pad_finished_rows, update_finished
@@ -161,7 +162,7 @@ def _prefill(model, gen, ids, mask, pad_lens, key, max_new: int, processors: tup
     """Run the prompt, choose the first new token, return the loop's initial state."""
     b, t = ids.shape
     total = t + max_new
-    cache = model.init_cache(b, total)
+    cache = init_cache(model, b, total, gen, chunk=t)
     positions = position_ids_from_mask(mask)
     logits, cache = model_step(model, ids, cache, positions, mask)
     tokens = jnp.zeros((b, total), jnp.int32).at[:, :t].set(ids)
@@ -237,6 +238,7 @@ def generate(
     ids, mask = prepare_inputs(input_ids, attention_mask)
     if gen.do_sample and gen.temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {gen.temperature}")
+    check_implementation(gen.cache_implementation)
     max_new = plan_lengths(gen, ids.shape[1], model.config)
     gen = dataclasses.replace(gen, max_new_tokens=max_new, max_length=None)
     if key is None:
@@ -245,11 +247,12 @@ def generate(
         from zoo.generation.assisted import assisted_generate
 
         return assisted_generate(model, gen, ids, mask, key=key, assistant_model=assistant_model,
-                                 streamer=streamer, tokenizer=tokenizer)
+                                 streamer=streamer, tokenizer=tokenizer, processors=tuple(logits_processor),
+                                 chunk=stream_chunk_size)
     if gen.num_beams > 1:
         from zoo.generation.beam import beam_search
 
-        return beam_search(model, gen, ids, mask, logits_processor=tuple(logits_processor))
+        return beam_search(model, gen, ids, mask, key=key, logits_processor=tuple(logits_processor))
     if gen.num_return_sequences > 1:
         if not gen.do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")

@@ -8,7 +8,7 @@ Python loop (``cfg.scan_layers``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,28 +87,49 @@ def param_axes(cfg: LlamaConfig) -> Params:
 
 
 # ---------------------------------------------------------------- cache
-def init_cache(cfg: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None) -> dict[str, Any]:
-    """A static KV cache: ``slot_index`` holds each slot's token index (-1: empty or padding)."""
+def init_cache(cfg: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None,
+               window_cache_length: int | None = None) -> dict[str, Any]:
+    """A static KV cache: ``slot_index`` holds each slot's token index (-1: empty or padding).
+
+    ``window_cache_length=S`` makes the buffers of windowed layers rolling: S slots reused
+    modulo S, indexed by ``ring_slot_index``. A forward over t tokens needs
+    S >= sliding_window + t - 1, so no key a query still sees is overwritten.
+    """
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch_size, max_length, cfg.num_key_value_heads, cfg.head_dim)
+    windows = cfg.layer_windows()
+    ring = window_cache_length is not None and any(w is not None for w in windows) \
+        and window_cache_length < max_length
+    lengths = [window_cache_length if ring and w is not None else max_length for w in windows]
+    shape = lambda n: (batch_size, n, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
     if cfg.scan_layers:
-        k = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
-        v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+        if len(set(lengths)) > 1:
+            raise ValueError("a sliding-window cache for a model mixing windowed and full-attention layers needs "
+                             "per-layer arrays: load it with scan_layers=False")
+        k = jnp.zeros((cfg.num_hidden_layers, *shape(lengths[0])), dtype)
+        v = jnp.zeros((cfg.num_hidden_layers, *shape(lengths[0])), dtype)
     else:
-        k = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
-        v = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
-    return {
-        "k": k,
-        "v": v,
-        "slot_index": jnp.full((batch_size, max_length), -1, jnp.int32),
-        "index": jnp.zeros((), jnp.int32),
-    }
+        k = [jnp.zeros(shape(n), dtype) for n in lengths]
+        v = [jnp.zeros(shape(n), dtype) for n in lengths]
+    cache = {"k": k, "v": v, "index": jnp.zeros((), jnp.int32)}
+    if not ring or any(w is None for w in windows):
+        cache["slot_index"] = jnp.full((batch_size, max_length), -1, jnp.int32)
+    if ring:
+        cache["ring_slot_index"] = jnp.full((batch_size, window_cache_length), -1, jnp.int32)
+    return cache
 
 
 def write_cache(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    """Write [b, t, ...] into the cache buffer at slot ``start`` (in place under donation)."""
+    """Write [b, t, ...] into the cache buffer at slot ``start`` (in place under donation).
+
+    ``start`` is a scalar (consecutive slots) or a vector of t slots (a rolling buffer).
+    """
+    new = new.astype(buf.dtype)
+    if jnp.ndim(start) == 1:
+        if new.shape[1] > 1:
+            return buf.at[:, start].set(new)
+        start = start[0]
     idx = (0, start) + (0,) * (buf.ndim - 2)
-    return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), idx)
+    return jax.lax.dynamic_update_slice(buf, new, idx)
 
 
 KVCache = tuple  # (k, v, layer): per-layer buffers with layer None, or stacked [L, ...] buffers and a layer index
@@ -126,8 +147,13 @@ def update_kv(kv_cache: KVCache, k: jax.Array, v: jax.Array, start: jax.Array) -
         ck, cv = write_cache(ck, k, start), write_cache(cv, v, start)
         return ck, cv, (ck, cv, None)
     zero = jnp.zeros((), jnp.int32)
-    ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, zero, start, zero, zero))
-    cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, zero, start, zero, zero))
+    if jnp.ndim(start) == 1 and k.shape[1] > 1:  # rolling buffer, several tokens: scatter into the slots
+        ck = ck.at[layer, :, start].set(jnp.swapaxes(k, 0, 1).astype(ck.dtype))
+        cv = cv.at[layer, :, start].set(jnp.swapaxes(v, 0, 1).astype(cv.dtype))
+    else:
+        start = start[0] if jnp.ndim(start) == 1 else start
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, zero, start, zero, zero))
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, zero, start, zero, zero))
     return (jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False),
             jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False), (ck, cv, layer))
 
@@ -223,7 +249,8 @@ def run_layers(
         new_k, new_v = [], []
         for i, lp in enumerate(layers):
             kv = (cache["k"][i], cache["v"][i], None) if cache is not None else None
-            x, kv = fn(lp, cfg, x, cos, sin, info, windows[i], kv, start)
+            layer_info, layer_start = layer_view(info, start, windows[i])
+            x, kv = fn(lp, cfg, x, cos, sin, layer_info, windows[i], kv, layer_start)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
@@ -231,6 +258,8 @@ def run_layers(
 
     uniform = len(set(windows)) == 1
     static_window = windows[0] if uniform else None
+    if isinstance(info, SplitInfo):  # init_cache allows a rolling cache under scan only when every layer is windowed
+        info, start = layer_view(info, start, static_window)
     window_xs = None if uniform else jnp.asarray([w or 0 for w in windows], jnp.int32)
     layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
 
@@ -251,6 +280,23 @@ def run_layers(
 
     (x, ck, cv), _ = jax.lax.scan(body_cached, (x, cache["k"], cache["v"]), (layers, window_xs, layer_ids))
     return x, {**cache, "k": ck, "v": cv}
+
+
+class SplitInfo(NamedTuple):
+    """Mask descriptions for a cache whose windowed layers use rolling buffers."""
+
+    full: MaskInfo | None    # full-attention layers (None when every layer is windowed)
+    ring: MaskInfo           # windowed layers: keys indexed by ``ring_slot_index``
+    ring_slots: jax.Array    # [t] rolling slots the new tokens are written to
+
+
+def layer_view(info: Any, start: Any, window: Any) -> tuple[MaskInfo, Any]:
+    """The mask and write position one layer uses."""
+    if not isinstance(info, SplitInfo):
+        return info, start
+    if window is None:
+        return info.full, start
+    return info.ring, info.ring_slots
 
 
 # ---------------------------------------------------------------- forward
@@ -276,9 +322,20 @@ def mask_info(
     if cache is None:
         seg = segment_ids
         return MaskInfo(q_index, q_index, new_valid, seg, seg), None
-    slot_index = write_cache(cache["slot_index"], jnp.where(new_valid, q_index, -1), start)
-    cache = {**cache, "slot_index": slot_index}
-    info = MaskInfo(q_index, slot_index, slot_index >= 0)
+    written = jnp.where(new_valid, q_index, -1)
+    info = None
+    if "slot_index" in cache:
+        slot_index = write_cache(cache["slot_index"], written, start)
+        cache = {**cache, "slot_index": slot_index}
+        info = MaskInfo(q_index, slot_index, slot_index >= 0)
+    if "ring_slot_index" in cache:
+        n = cache["ring_slot_index"].shape[1]
+        if t > n:
+            raise ValueError(f"a rolling cache of {n} slots cannot take {t} tokens in one call")
+        slots = (start + jnp.arange(t, dtype=jnp.int32)) % n
+        ring_index = write_cache(cache["ring_slot_index"], written, slots)
+        cache = {**cache, "ring_slot_index": ring_index}
+        info = SplitInfo(info, MaskInfo(q_index, ring_index, ring_index >= 0), slots)
     return info, cache
 
 
