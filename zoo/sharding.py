@@ -145,3 +145,27 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, named_sharding(axes, mesh, rules, x.shape))
+
+
+def batch_sharding(mesh: Mesh, rules: str | Rules | None = None, ndim: int = 2,
+                   batch_size: int | None = None) -> NamedSharding:
+    """Sharding of a [batch, ...] input: the batch axis over the data-parallel mesh axes."""
+    axes = ("batch",) + (None,) * (ndim - 1)
+    shape = None if batch_size is None else (batch_size,) + (1,) * (ndim - 1)
+    return NamedSharding(mesh, logical_to_spec(axes, get_rules(rules), mesh, shape))
+
+
+def shard_batch(batch: Any, mesh: Mesh, rules: str | Rules | None = None) -> Any:
+    """Place a batch (a tree of host arrays) on the mesh, split along the batch axis.
+
+    With several processes each passes its own rows (its share of the global batch) and gets
+    back global arrays, as ``jax.make_array_from_process_local_data`` builds them.
+    """
+    def place(x):
+        x = np.asarray(x)
+        if jax.process_count() > 1:
+            sharding = batch_sharding(mesh, rules, x.ndim, x.shape[0] * jax.process_count())
+            return jax.make_array_from_process_local_data(sharding, x)
+        return jax.device_put(x, batch_sharding(mesh, rules, x.ndim, x.shape[0]))
+
+    return jax.tree.map(place, batch)

@@ -216,8 +216,22 @@ def decoder_layer(
     return constrain(x, ("batch", "seq", "act_embed")), kv_cache
 
 
-def _remat(fn, cfg: LlamaConfig):
-    if cfg.remat_policy is None:
+def _remat(fn, cfg: LlamaConfig, layer: int | None = None):
+    """``cfg.remat_policy``: one policy name for every layer, or (unrolled layers) a tuple of
+    names/None, one per layer, so e.g. only the deepest layers recompute."""
+    policy = cfg.remat_policy
+    if isinstance(policy, tuple):
+        if len(policy) != cfg.num_hidden_layers:
+            raise ValueError(f"remat_policy has {len(policy)} entries for {cfg.num_hidden_layers} layers")
+        if layer is None:
+            if not cfg.scan_layers:
+                return fn  # the unrolled loop asks per layer
+            if len(set(policy)) > 1:
+                raise ValueError("per-layer remat_policy needs scan_layers=False (scanned layers share one body)")
+            policy = policy[0]
+        else:
+            policy = policy[layer]
+    if policy is None:
         return fn
     policies = {
         "full": None,
@@ -225,9 +239,9 @@ def _remat(fn, cfg: LlamaConfig):
         "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
         "nothing": jax.checkpoint_policies.everything_saveable,
     }
-    if cfg.remat_policy not in policies:
-        raise ValueError(f"unknown remat_policy '{cfg.remat_policy}'; known: {sorted(policies)}")
-    return jax.checkpoint(fn, policy=policies[cfg.remat_policy], static_argnums=(1,))
+    if policy not in policies:
+        raise ValueError(f"unknown remat_policy '{policy}'; known: {sorted(policies)}")
+    return jax.checkpoint(fn, policy=policies[policy], static_argnums=(1,))
 
 
 def run_layers(
@@ -250,7 +264,8 @@ def run_layers(
         for i, lp in enumerate(layers):
             kv = (cache["k"][i], cache["v"][i], None) if cache is not None else None
             layer_info, layer_start = layer_view(info, start, windows[i])
-            x, kv = fn(lp, cfg, x, cos, sin, layer_info, windows[i], kv, layer_start)
+            layer_fn_i = _remat(layer_fn, cfg, i) if isinstance(cfg.remat_policy, tuple) else fn
+            x, kv = layer_fn_i(lp, cfg, x, cos, sin, layer_info, windows[i], kv, layer_start)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
