@@ -17,6 +17,12 @@ Why it looks like this:
   preallocated cache is never read.
 * The paged variant is the same body with a different "load block j"
   function: block ``j`` of a split is page ``block_tables[b, j]``.
+* Masks are per-row visible key intervals ``[lo, hi]`` (from
+  :func:`kernels.reference.visible_bounds`), so causal masks and sliding
+  windows, static or traced, cost two compares. With explicit ``kv_positions``
+  (a static cache with left padding: negative = empty slot) each key block's
+  positions are read too (4 bytes per key) and blocks no row can see are
+  skipped before their K/V are loaded.
 
 Backends: "triton" (and ``interpret=True`` on CPU) run the kernel; "xla" (and
 "mosaic_tpu", for now) use the jnp reference, whose ``[n_q_tokens, kv_len]``
@@ -34,7 +40,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import reference as ref
-from kernels.flash_attention import _dot_nn, _dot_nt, resolve_backend
+from kernels.block_sizes import decode_block_k, decode_num_splits
+from kernels.flash_attention import _dot_nn, _dot_nt, _skip_unless, resolve_backend, tile_visible
 
 Array = jax.Array
 
@@ -45,11 +52,11 @@ class DecodeConfig:
     rows: int            # padded group * n_q_tokens
     block_k: int         # keys per inner step (= page_size when paged)
     blocks_per_split: int
-    sliding_window: int | None
     softcap: float | None
     scale: float
     interpret: bool
     paged: bool
+    explicit: bool       # key positions read from a [b, 1, kv_len] input (else the slot index)
 
 
 def choose_num_splits(batch: int, kv_heads: int, kv_len: int, block_k: int,
@@ -58,12 +65,6 @@ def choose_num_splits(batch: int, kv_heads: int, kv_len: int, block_k: int,
     want = -(-target_programs // max(batch * kv_heads, 1))
     most = max(1, kv_len // (4 * block_k))
     return int(max(1, min(want, most)))
-
-
-def _decode_block_k(head_dim: int, interpret: bool) -> int:
-    if interpret:
-        return 16
-    return 64 if head_dim <= 128 else 32
 
 
 def _padded_rows(rows: int, interpret: bool) -> int:
@@ -77,28 +78,20 @@ def _padded_head_dim(head_dim: int, interpret: bool) -> int:
 
 # --------------------------------------------------------------------------- kernel
 
-def _decode_body(q_ref, qpos_ref, load_kv, o_ref, lse_ref, *, cfg: DecodeConfig,
+def _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, *, cfg: DecodeConfig,
                  split_start):
-    """Online softmax of one (batch, kv head, split) over the split's valid key blocks."""
+    """Online softmax of one (batch, kv head, split) over the split's visible key blocks."""
     bk = cfg.block_k
     split_len = cfg.blocks_per_split * bk
     q = q_ref[...]
-    q_pos = qpos_ref[...]                                   # [rows, 1], -1 for pad rows
-    hi_pos = jnp.max(q_pos) + 1
-    lo_pos = 0
-    if cfg.sliding_window is not None:
-        lo_pos = hi_pos - cfg.n_q_tokens - cfg.sliding_window + 1
-    lo = lax.div(jnp.clip(lo_pos - split_start, 0, split_len), bk)
-    hi = lax.div(jnp.clip(hi_pos - split_start, 0, split_len) + bk - 1, bk)
+    lo_row, hi_row = bounds_ref[:, 0:1], bounds_ref[:, 1:2]      # [rows, 1]; pad rows lo > hi
 
-    def body(j, carry):
+    def update(carry, k, v, k_pos):
         acc, m, l = carry
-        k, v, k_start = load_kv(j)
         s = _dot_nt(q, k) * cfg.scale
         if cfg.softcap is not None:
             s = cfg.softcap * jnp.tanh(s / cfg.softcap)
-        k_pos = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
-        mask = ref.position_mask(q_pos, k_pos, causal=True, sliding_window=cfg.sliding_window)
+        mask = jnp.logical_and(k_pos >= lo_row, k_pos <= hi_row)
         s = jnp.where(mask, s, ref.MASK_VALUE)
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
         p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
@@ -107,6 +100,25 @@ def _decode_body(q_ref, qpos_ref, load_kv, o_ref, lse_ref, *, cfg: DecodeConfig,
         acc = acc * corr + _dot_nn(p.astype(v.dtype), v)
         return acc, m_new, l
 
+    def body(j, carry):
+        if not cfg.explicit:
+            k, v, k_start = load_kv(j)
+            k_pos = k_start + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+            return update(carry, k, v, k_pos)
+        k_pos = load_kv(j, positions_only=True)
+
+        def visible(c):
+            k, v, _ = load_kv(j)
+            return update(c, k, v, k_pos)
+
+        return _skip_unless(tile_visible((lo_row, hi_row), k_pos), visible, carry)
+
+    if cfg.explicit:
+        lo, hi = 0, cfg.blocks_per_split
+    else:  # slot == position: walk only the blocks between the rows' lowest lo and highest hi
+        lo_pos, hi_pos = jnp.min(lo_row), jnp.max(hi_row) + 1
+        lo = lax.div(jnp.clip(lo_pos - split_start, 0, split_len), bk)
+        hi = lax.div(jnp.clip(hi_pos - split_start, 0, split_len) + bk - 1, bk)
     rows, d = q.shape
     init = (jnp.zeros((rows, d), jnp.float32), jnp.full((rows, 1), ref.MASK_VALUE, jnp.float32),
             jnp.zeros((rows, 1), jnp.float32))
@@ -117,18 +129,21 @@ def _decode_body(q_ref, qpos_ref, load_kv, o_ref, lse_ref, *, cfg: DecodeConfig,
     lse_ref[...] = jnp.where(empty, ref.MASK_VALUE, m + jnp.log(safe_l))
 
 
-def _contiguous_kernel(q_ref, qpos_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg: DecodeConfig):
+def _contiguous_kernel(q_ref, bounds_ref, k_ref, v_ref, *rest, cfg: DecodeConfig):
+    kp_ref, (o_ref, lse_ref) = (rest[0], rest[1:]) if cfg.explicit else (None, rest)
     bk = cfg.block_k
     split_start = pl.program_id(2) * (cfg.blocks_per_split * bk)
 
-    def load_kv(j):
+    def load_kv(j, positions_only=False):
         start = pl.multiple_of(j * bk, bk)
+        if positions_only:
+            return kp_ref[:, pl.ds(start, bk)]
         return (k_ref[pl.ds(start, bk), :], v_ref[pl.ds(start, bk), :], split_start + start)
 
-    _decode_body(q_ref, qpos_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)
+    _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)
 
 
-def _paged_kernel(q_ref, qpos_ref, bt_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg: DecodeConfig):
+def _paged_kernel(q_ref, bounds_ref, bt_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg: DecodeConfig):
     bk = cfg.block_k
     head = pl.program_id(1)
     split_start = pl.program_id(2) * (cfg.blocks_per_split * bk)
@@ -137,7 +152,7 @@ def _paged_kernel(q_ref, qpos_ref, bt_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg:
         page = bt_ref[j]
         return k_ref[page, :, head, :], v_ref[page, :, head, :], split_start + j * bk
 
-    _decode_body(q_ref, qpos_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)
+    _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)
 
 
 # --------------------------------------------------------------------------- glue
@@ -150,12 +165,13 @@ def _query_rows(q: Array, kv_heads: int, rows: int, head_dim: int) -> Array:
     return jnp.pad(x, ((0, 0), (0, 0), (0, rows - t * g), (0, head_dim - d)))
 
 
-def _row_positions(lengths: Array, n_q_tokens: int, group: int, rows: int) -> Array:
-    """[b, rows, 1] query position of each row; padding rows get -1 (see nothing)."""
-    pos = ref.decode_query_positions(lengths, n_q_tokens)          # [b, t]
-    pos = jnp.repeat(pos, group, axis=1)                            # [b, t*g]
-    pos = jnp.pad(pos, ((0, 0), (0, rows - pos.shape[1])), constant_values=-1)
-    return pos[:, :, None]
+def _row_bounds(q_pos: Array, group: int, rows: int, *, causal: bool, sliding_window) -> Array:
+    """[b, rows, 2] inclusive visible key interval of each row; padding rows see nothing."""
+    lo, hi = ref.visible_bounds(q_pos, causal=causal, sliding_window=sliding_window)   # [b, t]
+    bounds = jnp.repeat(jnp.stack([lo, hi], -1), group, axis=1)                        # [b, t*g, 2]
+    pad = rows - bounds.shape[1]
+    empty = jnp.broadcast_to(jnp.array([ref.POS_MAX, -1], jnp.int32), (bounds.shape[0], pad, 2))
+    return jnp.concatenate([bounds, empty], axis=1) if pad else bounds
 
 
 def combine_splits(o: Array, lse: Array) -> Array:
@@ -191,11 +207,12 @@ def _call(kernel, grid, in_specs, args, out_rows, d, cfg: DecodeConfig, batch, k
     )(*args)
 
 
-def decode_attention(q: Array, k: Array, v: Array, lengths: Array, *,
+def decode_attention(q: Array, k: Array, v: Array, lengths: Array | None = None, *,
                      softcap: float | None = None, scale: float | None = None,
-                     sliding_window: int | None = None, num_splits: int | None = None,
+                     sliding_window=None, num_splits: int | None = None,
                      interpret: bool | None = None, backend: str | None = None,
-                     block_k: int | None = None) -> Array:
+                     block_k: int | None = None, q_positions: Array | None = None,
+                     kv_positions: Array | None = None, causal: bool = True) -> Array:
     """Attention of a few new tokens against a contiguous KV cache (flash-decoding).
 
     Args:
@@ -204,44 +221,63 @@ def decode_attention(q: Array, k: Array, v: Array, lengths: Array, *,
       lengths: ``[batch]`` int32, valid cache entries per sequence *including*
         the query tokens, which are the last ``n_q_tokens`` of them (causal
         among themselves).
-      softcap, scale, sliding_window: as in :func:`kernels.flash_attention`.
+      softcap, scale, sliding_window: as in :func:`kernels.flash_attention`
+        (the window may be a traced scalar, ``<= 0`` meaning none).
       num_splits: KV splits processed in parallel (default: heuristic).
-      block_k: keys per inner step (default 64, 32 for head_dim 256, 16 interpreted).
+      block_k: keys per inner step (default: :mod:`kernels.block_sizes`).
+      q_positions, kv_positions: instead of ``lengths``, explicit positions
+        ``[batch, n_q_tokens]`` and ``[batch, kv_len]`` (negative = empty slot),
+        e.g. a static cache holding a left-padded batch. ``causal`` applies then.
 
     Returns ``[batch, n_q_tokens, q_heads, head_dim]`` in ``q.dtype``. Rows that
     see no key (e.g. ``lengths == 0``) are zeros. Forward only (no custom VJP).
     """
+
     b, t, hq, d = q.shape
     _, kv_len, hk, _ = k.shape
     _check(q, hk, k.shape[3])
+    if (lengths is None) == (q_positions is None):
+        raise ValueError("decode_attention needs exactly one of lengths or q_positions")
     backend, interpret = resolve_backend(backend, interpret)
     if backend != "triton":
         return ref.decode_attention_reference(q, k, v, lengths, softcap=softcap, scale=scale,
-                                              sliding_window=sliding_window)
-    bk = block_k or _decode_block_k(d, interpret)
-    splits = num_splits or choose_num_splits(b, hk, kv_len, bk)
+                                              sliding_window=sliding_window, causal=causal,
+                                              q_positions=q_positions, kv_positions=kv_positions)
+    explicit = kv_positions is not None
+    bk = block_k or decode_block_k(d, interpret)
+    splits = num_splits or decode_num_splits() or choose_num_splits(b, hk, kv_len, bk)
     blocks_per_split = -(-kv_len // (splits * bk))
     padded_len = splits * blocks_per_split * bk
     rows, dp = _padded_rows(t * (hq // hk), interpret), _padded_head_dim(d, interpret)
     cfg = DecodeConfig(n_q_tokens=t, rows=rows, block_k=bk, blocks_per_split=blocks_per_split,
-                       sliding_window=sliding_window,
                        softcap=float(softcap) if softcap else None,
-                       scale=ref.default_scale(d, scale), interpret=interpret, paged=False)
+                       scale=ref.default_scale(d, scale), interpret=interpret, paged=False,
+                       explicit=explicit)
     pad = ((0, 0), (0, padded_len - kv_len), (0, 0), (0, dp - d))
     kp, vp = (jnp.pad(x, pad) if any(p[1] for p in pad) else x for x in (k, v))
     split_len = blocks_per_split * bk
+    if q_positions is None:
+        q_pos, causal = ref.decode_query_positions(lengths, t), True
+    else:
+        q_pos = jnp.broadcast_to(jnp.asarray(q_positions, jnp.int32), (b, t))
     in_specs = [pl.BlockSpec((None, None, rows, dp), lambda b_, h, s: (b_, h, 0, 0)),
-                pl.BlockSpec((None, rows, 1), lambda b_, h, s: (b_, 0, 0)),
+                pl.BlockSpec((None, rows, 2), lambda b_, h, s: (b_, 0, 0)),
                 pl.BlockSpec((None, split_len, None, dp), lambda b_, h, s: (b_, s, h, 0)),
                 pl.BlockSpec((None, split_len, None, dp), lambda b_, h, s: (b_, s, h, 0))]
-    args = (_query_rows(q, hk, rows, dp), _row_positions(lengths, t, hq // hk, rows), kp, vp)
+    args = [_query_rows(q, hk, rows, dp),
+            _row_bounds(q_pos, hq // hk, rows, causal=causal, sliding_window=sliding_window), kp, vp]
+    if explicit:
+        kv_pos = jnp.broadcast_to(jnp.asarray(kv_positions, jnp.int32), (b, kv_len))
+        kv_pos = jnp.pad(kv_pos, ((0, 0), (0, padded_len - kv_len)), constant_values=-1)
+        in_specs.append(pl.BlockSpec((None, 1, split_len), lambda b_, h, s: (b_, 0, s)))
+        args.append(kv_pos[:, None, :])
     o, lse = _call(_contiguous_kernel, (b, hk, splits), in_specs, args, rows, dp, cfg, b, hk, splits)
     return _unrows(combine_splits(o, lse), q.shape, q.dtype)
 
 
 def paged_decode_attention(q: Array, k_pages: Array, v_pages: Array, block_tables: Array,
                            lengths: Array, *, softcap: float | None = None,
-                           scale: float | None = None, sliding_window: int | None = None,
+                           scale: float | None = None, sliding_window=None,
                            num_splits: int | None = None, interpret: bool | None = None,
                            backend: str | None = None) -> Array:
     """Decode attention over a paged KV cache (vLLM-style block tables).
@@ -267,13 +303,14 @@ def paged_decode_attention(q: Array, k_pages: Array, v_pages: Array, block_table
                                                     softcap=softcap, scale=scale,
                                                     sliding_window=sliding_window)
     max_pages = block_tables.shape[1]
-    splits = num_splits or choose_num_splits(b, hk, max_pages * page_size, page_size)
+    splits = num_splits or decode_num_splits() or choose_num_splits(b, hk, max_pages * page_size,
+                                                                    page_size)
     pages_per_split = -(-max_pages // splits)
     rows, dp = _padded_rows(t * (hq // hk), interpret), _padded_head_dim(d, interpret)
     cfg = DecodeConfig(n_q_tokens=t, rows=rows, block_k=page_size, blocks_per_split=pages_per_split,
-                       sliding_window=sliding_window,
                        softcap=float(softcap) if softcap else None,
-                       scale=ref.default_scale(d, scale), interpret=interpret, paged=True)
+                       scale=ref.default_scale(d, scale), interpret=interpret, paged=True,
+                       explicit=False)
     tables = jnp.clip(block_tables.astype(jnp.int32), 0, num_pages - 1)
     tables = jnp.pad(tables, ((0, 0), (0, splits * pages_per_split - max_pages)))
     if dp != d:
@@ -281,10 +318,12 @@ def paged_decode_attention(q: Array, k_pages: Array, v_pages: Array, block_table
         k_pages, v_pages = jnp.pad(k_pages, pad), jnp.pad(v_pages, pad)
     whole = pl.BlockSpec(k_pages.shape, lambda b_, h, s: (0, 0, 0, 0))
     in_specs = [pl.BlockSpec((None, None, rows, dp), lambda b_, h, s: (b_, h, 0, 0)),
-                pl.BlockSpec((None, rows, 1), lambda b_, h, s: (b_, 0, 0)),
+                pl.BlockSpec((None, rows, 2), lambda b_, h, s: (b_, 0, 0)),
                 pl.BlockSpec((None, pages_per_split), lambda b_, h, s: (b_, s)),
                 whole, whole]
-    args = (_query_rows(q, hk, rows, dp), _row_positions(lengths, t, hq // hk, rows), tables,
-            k_pages, v_pages)
+    q_pos = ref.decode_query_positions(lengths, t)
+    args = (_query_rows(q, hk, rows, dp),
+            _row_bounds(q_pos, hq // hk, rows, causal=True, sliding_window=sliding_window),
+            tables, k_pages, v_pages)
     o, lse = _call(_paged_kernel, (b, hk, splits), in_specs, args, rows, dp, cfg, b, hk, splits)
     return _unrows(combine_splits(o, lse), q.shape, q.dtype)

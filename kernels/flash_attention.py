@@ -53,30 +53,14 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import reference as ref
+from kernels.block_sizes import BLOCK_TABLE, choose_blocks  # noqa: F401 (re-exported)
 
 Array = jax.Array
 
 BACKENDS = ("triton", "mosaic_tpu", "xla")
 
-# Block sizes per backend: (max head_dim, forward (block_q, block_k), backward (block_q, block_k)).
-# Triton numbers follow the usual FA2 choices for Hopper-class GPUs (smaller tiles for the
-# backward, which keeps two fp32 accumulators live); TPU tiles are multiples of 128 lanes and
-# large because every grid step has fixed overhead. Not autotuned: override with
-# block_q/block_k when benchmarking.
-_BLOCK_TABLE: dict[str, tuple[tuple[int, tuple[int, int], tuple[int, int]], ...]] = {
-    "triton": (
-        (64, (128, 64), (64, 64)),
-        (128, (128, 64), (64, 64)),
-        (256, (64, 32), (32, 32)),
-    ),
-    "mosaic_tpu": (
-        (128, (256, 512), (256, 256)),
-        (256, (128, 256), (128, 128)),
-    ),
-}
-# Smallest block each backend can compile (Triton's tl.dot needs >= 16; TPU tiles are 128 lanes).
-_MIN_BLOCK = {"triton": 16, "mosaic_tpu": 128}
-
+# Block sizes live in kernels/block_sizes.py (a documented table plus process-wide overrides).
+_BLOCK_TABLE = BLOCK_TABLE
 
 # --------------------------------------------------------------------------- configuration
 
@@ -97,6 +81,7 @@ class FlashConfig:
     block_k_bwd: int
     group: int           # q_heads // kv_heads
     has_segments: bool
+    explicit: bool       # per-row visible key intervals + per-key positions (see reference.py)
     heads_major: bool    # kernel layout [b, h, len, d] (TPU) instead of [b, len, h, d]
     backend: str
     interpret: bool
@@ -121,26 +106,6 @@ def resolve_backend(backend: str | None, interpret: bool | None) -> tuple[str, b
 
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
-
-
-def choose_blocks(backend: str, head_dim: int, q_len: int, kv_len: int,
-                  block_q: int | None, block_k: int | None) -> tuple[int, int, int, int]:
-    """(block_q, block_k, block_q_bwd, block_k_bwd): table lookup, clamped to short inputs.
-
-    Explicit ``block_q``/``block_k`` are used as given for both directions.
-    """
-    table = _BLOCK_TABLE[backend]
-    fwd, bwd = next(((f, b) for dmax, f, b in table if head_dim <= dmax), table[-1][1:])
-    floor = _MIN_BLOCK[backend]
-
-    def clamp(block: int, length: int) -> int:
-        return min(block, max(floor, pl.next_power_of_2(length)))
-
-    bq = block_q or clamp(fwd[0], q_len)
-    bk = block_k or clamp(fwd[1], kv_len)
-    bq_b = block_q or clamp(bwd[0], q_len)
-    bk_b = block_k or clamp(bwd[1], kv_len)
-    return bq, bk, bq_b, bk_b
 
 
 def _padded_head_dim(backend: str, interpret: bool, head_dim: int) -> int:
@@ -192,14 +157,21 @@ def scores(q: Array, k: Array, scale: float, softcap: float | None) -> tuple[Arr
 
 
 def tile_mask(q_start, k_start, shape: tuple[int, int], cfg: FlashConfig,
-              q_seg: Array | None, k_seg: Array | None) -> Array | None:
-    """Boolean visibility of a ``[block_q, block_k]`` tile (None = all visible)."""
-    q_pos = q_start + cfg.offset + lax.broadcasted_iota(jnp.int32, shape, 0)
-    k_pos = k_start + lax.broadcasted_iota(jnp.int32, shape, 1)
-    mask = ref.position_mask(q_pos, k_pos, causal=cfg.causal, sliding_window=cfg.sliding_window)
-    if cfg.kv_len_padded != cfg.kv_len:
-        valid = k_pos < cfg.kv_len
-        mask = valid if mask is None else jnp.logical_and(mask, valid)
+              q_seg: Array | None, k_seg: Array | None, bounds=None, k_pos=None) -> Array | None:
+    """Boolean visibility of a ``[block_q, block_k]`` tile (None = all visible).
+
+    Explicit mode: ``bounds = (lo, hi)`` are ``[block_q, 1]`` inclusive visible key
+    positions per row and ``k_pos`` the ``[1, block_k]`` key positions (padding: -1)."""
+    if cfg.explicit:
+        lo, hi = bounds
+        mask = jnp.logical_and(k_pos >= lo, k_pos <= hi)
+    else:
+        q_pos = q_start + cfg.offset + lax.broadcasted_iota(jnp.int32, shape, 0)
+        k_pos = k_start + lax.broadcasted_iota(jnp.int32, shape, 1)
+        mask = ref.position_mask(q_pos, k_pos, causal=cfg.causal, sliding_window=cfg.sliding_window)
+        if cfg.kv_len_padded != cfg.kv_len:
+            valid = k_pos < cfg.kv_len
+            mask = valid if mask is None else jnp.logical_and(mask, valid)
     if q_seg is not None:
         same = q_seg == k_seg                      # [bq, 1] == [1, bk]
         mask = same if mask is None else jnp.logical_and(mask, same)
@@ -253,6 +225,33 @@ def q_block_range(k_start, block_q: int, block_k: int, cfg: FlashConfig):
     return _block_range(lo - cfg.offset, hi - cfg.offset, block_q, cfg.q_len_padded)
 
 
+def tile_visible(bounds, k_pos) -> Array:
+    """Explicit mode: can any row of a q tile see any key of a kv tile? Lets a loop over
+    all blocks skip the invisible ones whatever order the cache slots are in. Reduced in
+    float32 (monotone rounding, so never a wrong skip) because TPUs reduce floats best."""
+    lo, hi = bounds
+    kp = k_pos.astype(jnp.float32)
+    k_max = jnp.max(kp)
+    k_min = jnp.min(jnp.where(kp >= 0, kp, float(ref.POS_MAX)))
+    return jnp.logical_and(k_max >= jnp.min(lo.astype(jnp.float32)),
+                           k_min <= jnp.max(hi.astype(jnp.float32)))
+
+
+def _skip_unless(visible, update, carry):
+    return lax.cond(visible, update, lambda c: c, carry)
+
+
+def _unpack(refs, cfg: FlashConfig, n_in: int):
+    """(inputs, (q_seg, kv_seg), (q_lo, q_hi, kv_pos), outputs) refs of a kernel."""
+    ins, rest = refs[:n_in], refs[n_in:]
+    segs, pos = (None, None), (None, None, None)
+    if cfg.has_segments:
+        segs, rest = rest[:2], rest[2:]
+    if cfg.explicit:
+        pos, rest = rest[:3], rest[3:]
+    return ins, segs, pos, rest
+
+
 def _rows(ref_, head, start, size: int, heads_major: bool):
     """A [size, d] tile of a ref holding several heads ([h, L, d] or [L, h, d])."""
     if heads_major:
@@ -263,25 +262,21 @@ def _rows(ref_, head, start, size: int, heads_major: bool):
 # --------------------------------------------------------------------------- kernels
 
 def _fwd_kernel(*refs, cfg: FlashConfig):
-    if cfg.has_segments:
-        q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref = refs
-    else:
-        q_ref, k_ref, v_ref, o_ref, lse_ref = refs
-        qs_ref = ks_ref = None
+    (q_ref, k_ref, v_ref), (qs_ref, ks_ref), (lo_ref, hi_ref, kp_ref), (o_ref, lse_ref) = \
+        _unpack(refs, cfg, 3)
     bq, bk = cfg.block_q, cfg.block_k
     q_start = pl.program_id(2) * bq
     q = q_ref[...]
     q_seg = None if qs_ref is None else qs_ref[...]
-    lo, hi = kv_block_range(q_start, bq, bk, cfg)
+    bounds = (lo_ref[...], hi_ref[...]) if cfg.explicit else None
 
-    def body(j, carry):
+    def update(carry, k_start, k_pos):
         acc, m, l = carry
-        k_start = pl.multiple_of(j * bk, bk)
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
         s, _ = scores(q, k, cfg.scale, cfg.softcap)
-        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos)
         if mask is not None:
             s = jnp.where(mask, s, ref.MASK_VALUE)
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
@@ -293,6 +288,18 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
         acc = acc * corr + _dot_nn(p.astype(v.dtype), v)
         return acc, m_new, l
 
+    def body(j, carry):
+        k_start = pl.multiple_of(j * bk, bk)
+        if not cfg.explicit:
+            return update(carry, k_start, None)
+        k_pos = kp_ref[:, pl.ds(k_start, bk)]
+        return _skip_unless(tile_visible(bounds, k_pos),
+                            lambda c: update(c, k_start, k_pos), carry)
+
+    if cfg.explicit:
+        lo, hi = 0, cfg.kv_len_padded // bk
+    else:
+        lo, hi = kv_block_range(q_start, bq, bk, cfg)
     init = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
             jnp.full((bq, 1), ref.MASK_VALUE, jnp.float32),
             jnp.zeros((bq, 1), jnp.float32))
@@ -305,22 +312,17 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
 
 
 def _dkv_kernel(*refs, cfg: FlashConfig):
-    if cfg.has_segments:
-        (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
-         dk_ref, dv_ref) = refs
-    else:
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs
-        qs_ref = ks_ref = None
+    ((q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), (qs_ref, ks_ref),
+     (lo_ref, hi_ref, kp_ref), (dk_ref, dv_ref)) = _unpack(refs, cfg, 6)
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     k_start = pl.program_id(2) * bk
     k = k_ref[...]
     v = v_ref[...]
     k_seg = None if ks_ref is None else ks_ref[...]
-    lo, hi = q_block_range(k_start, bq, bk, cfg)
+    k_pos = kp_ref[...] if cfg.explicit else None
 
-    def q_body(i, carry, g):
+    def update(carry, g, q_start, bounds):
         dk, dv = carry
-        q_start = pl.multiple_of(i * bq, bq)
         q = _rows(q_ref, g, q_start, bq, cfg.heads_major)
         do = _rows(do_ref, g, q_start, bq, cfg.heads_major)
         lse = lse_ref[g, pl.ds(q_start, bq), :]
@@ -328,7 +330,7 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
         q_seg = None if qs_ref is None else qs_ref[pl.ds(q_start, bq), :]
         s, t = scores(q, k, cfg.scale, cfg.softcap)
         p = jnp.exp(s - lse)
-        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos)
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
         dv = dv + _dot_tn(p.astype(do.dtype), do)
@@ -337,6 +339,19 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
             ds = ds * (1.0 - t * t)
         dk = dk + _dot_tn(ds.astype(q.dtype), q)
         return dk, dv
+
+    def q_body(i, carry, g):
+        q_start = pl.multiple_of(i * bq, bq)
+        if not cfg.explicit:
+            return update(carry, g, q_start, None)
+        bounds = (lo_ref[pl.ds(q_start, bq), :], hi_ref[pl.ds(q_start, bq), :])
+        return _skip_unless(tile_visible(bounds, k_pos),
+                            lambda c: update(c, g, q_start, bounds), carry)
+
+    if cfg.explicit:
+        lo, hi = 0, cfg.q_len_padded // bq
+    else:
+        lo, hi = q_block_range(k_start, bq, bk, cfg)
 
     def group_body(g, carry):
         return lax.fori_loop(lo, hi, functools.partial(q_body, g=g), carry)
@@ -348,26 +363,22 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
 
 
 def _dq_kernel(*refs, cfg: FlashConfig):
-    if cfg.has_segments:
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, dq_ref = refs
-    else:
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs
-        qs_ref = ks_ref = None
+    ((q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), (qs_ref, ks_ref),
+     (lo_ref, hi_ref, kp_ref), (dq_ref,)) = _unpack(refs, cfg, 6)
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     q_start = pl.program_id(2) * bq
     q, do = q_ref[...], do_ref[...]
     lse, delta = lse_ref[...], delta_ref[...]
     q_seg = None if qs_ref is None else qs_ref[...]
-    lo, hi = kv_block_range(q_start, bq, bk, cfg)
+    bounds = (lo_ref[...], hi_ref[...]) if cfg.explicit else None
 
-    def body(j, dq):
-        k_start = pl.multiple_of(j * bk, bk)
+    def update(dq, k_start, k_pos):
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
         s, t = scores(q, k, cfg.scale, cfg.softcap)
         p = jnp.exp(s - lse)
-        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos)
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
         ds = p * (_dot_nt(do, v) - delta)
@@ -375,6 +386,18 @@ def _dq_kernel(*refs, cfg: FlashConfig):
             ds = ds * (1.0 - t * t)
         return dq + _dot_nn(ds.astype(k.dtype), k)
 
+    def body(j, dq):
+        k_start = pl.multiple_of(j * bk, bk)
+        if not cfg.explicit:
+            return update(dq, k_start, None)
+        k_pos = kp_ref[:, pl.ds(k_start, bk)]
+        return _skip_unless(tile_visible(bounds, k_pos),
+                            lambda c: update(c, k_start, k_pos), dq)
+
+    if cfg.explicit:
+        lo, hi = 0, cfg.kv_len_padded // bk
+    else:
+        lo, hi = kv_block_range(q_start, bq, bk, cfg)
     dq = lax.fori_loop(lo, hi, body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
@@ -406,6 +429,18 @@ def _segment_specs(q_rows: int, kv_rows: int, q_full: bool, kv_full: bool):
     return [qs, ks]
 
 
+def _side_specs(cfg: FlashConfig, q_rows: int, kv_rows: int, q_full: bool, kv_full: bool):
+    """Specs of the per-row side inputs: segments (q, kv), then bounds (lo, hi) and kv positions.
+    Both are laid out like segment ids: q-side ``[b, Lq, 1]``, kv-side ``[b, 1, Lk]``."""
+    specs = []
+    if cfg.has_segments:
+        specs += _segment_specs(q_rows, kv_rows, q_full, kv_full)
+    if cfg.explicit:
+        qs, ks = _segment_specs(q_rows, kv_rows, q_full, kv_full)
+        specs += [qs, qs, ks]
+    return specs
+
+
 def _same(i):
     return i
 
@@ -422,7 +457,7 @@ def _kv_head(h, group: int):
 
 # --------------------------------------------------------------------------- pallas calls
 
-def _forward_call(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
+def _forward_call(q, k, v, side, cfg: FlashConfig):
     if cfg.heads_major:
         b, hq, lq, d = q.shape
     else:
@@ -434,10 +469,8 @@ def _forward_call(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
         _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
         _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
     ]
-    args = [q, k, v]
-    if cfg.has_segments:
-        in_specs += _segment_specs(cfg.block_q, lk, q_full=False, kv_full=True)
-        args += [q_seg, kv_seg]
+    args = [q, k, v, *side]
+    in_specs += _side_specs(cfg, cfg.block_q, lk, q_full=False, kv_full=True)
     lse_shape = jax.ShapeDtypeStruct((b, hq, lq, 1), jnp.float32)
     out_specs = [_tile_spec(cfg, cfg.block_q, d, _same, _same),
                  pl.BlockSpec((None, None, cfg.block_q, 1), lambda b_, h, i: (b_, h, i, 0))]
@@ -453,7 +486,7 @@ def _forward_call(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
     )(*args)
 
 
-def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
+def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
     if cfg.heads_major:
         b, hq, lq, d = q.shape
         hk = k.shape[1]
@@ -465,15 +498,13 @@ def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
         delta = jnp.transpose(delta, (0, 2, 1))[..., None]        # [b, hq, lq, 1]
     lk = cfg.kv_len_padded
     bq, bk, g = cfg.block_q_bwd, cfg.block_k_bwd, cfg.group
-    seg_args = [q_seg, kv_seg] if cfg.has_segments else []
 
     # dK, dV: one program per (batch, kv head, kv block), looping over the group's q heads.
     stat_group = pl.BlockSpec((None, g, lq, 1), lambda b_, h, i: (b_, h, 0, 0))
     in_specs = [_group_spec(cfg, lq, d), _tile_spec(cfg, bk, d, _same, _same),
                 _tile_spec(cfg, bk, d, _same, _same), _group_spec(cfg, lq, d),
                 stat_group, stat_group]
-    if cfg.has_segments:
-        in_specs += _segment_specs(lq, bk, q_full=True, kv_full=False)
+    in_specs += _side_specs(cfg, lq, bk, q_full=True, kv_full=False)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, cfg=cfg),
         grid=(b, hk, lk // bk),
@@ -483,7 +514,7 @@ def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
         compiler_params=_compiler_params(cfg, d, 3),
         interpret=cfg.interpret,
         name="flash_attention_dkv",
-    )(q, k, v, do, lse, delta, *seg_args)
+    )(q, k, v, do, lse, delta, *side)
 
     # dQ: one program per (batch, q head, q block), looping over kv blocks.
     stat_tile = pl.BlockSpec((None, None, bq, 1), lambda b_, h, i: (b_, h, i, 0))
@@ -491,8 +522,7 @@ def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
                 _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
                 _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
                 _tile_spec(cfg, bq, d, _same, _same), stat_tile, stat_tile]
-    if cfg.has_segments:
-        in_specs += _segment_specs(bq, lk, q_full=False, kv_full=True)
+    in_specs += _side_specs(cfg, bq, lk, q_full=False, kv_full=True)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
         grid=(b, hq, lq // bq),
@@ -502,24 +532,24 @@ def _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg: FlashConfig):
         compiler_params=_compiler_params(cfg, d, 3),
         interpret=cfg.interpret,
         name="flash_attention_dq",
-    )(q, k, v, do, lse, delta, *seg_args)
+    )(q, k, v, do, lse, delta, *side)
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
-    return _forward_call(q, k, v, q_seg, kv_seg, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, side, cfg: FlashConfig):
+    return _forward_call(q, k, v, side, cfg)[0]
 
 
-def _flash_fwd(q, k, v, q_seg, kv_seg, cfg: FlashConfig):
-    o, lse = _forward_call(q, k, v, q_seg, kv_seg, cfg)
-    return o, (q, k, v, q_seg, kv_seg, o, lse)
+def _flash_fwd(q, k, v, side, cfg: FlashConfig):
+    o, lse = _forward_call(q, k, v, side, cfg)
+    return o, (q, k, v, side, o, lse)
 
 
 def _flash_bwd(cfg: FlashConfig, residuals, do):
-    q, k, v, q_seg, kv_seg, o, lse = residuals
-    dq, dk, dv = _backward_calls(q, k, v, q_seg, kv_seg, o, lse, do, cfg)
-    return dq, dk, dv, None, None
+    q, k, v, side, o, lse = residuals
+    dq, dk, dv = _backward_calls(q, k, v, side, o, lse, do, cfg)
+    return dq, dk, dv, jax.tree.map(lambda _: None, side)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -548,12 +578,28 @@ def _pad_segments(segs: tuple[Array, Array], lq: int, lk: int) -> tuple[Array, A
     return q_seg, kv_seg
 
 
+def _pad_rows(x: Array, length: int, value: int, kv_side: bool) -> Array:
+    """[b, L] int32 -> padded [b, length, 1] (q side) or [b, 1, length] (kv side)."""
+    x = jnp.pad(x, ((0, 0), (0, length - x.shape[1])), constant_values=value)
+    return x[:, None, :] if kv_side else x[:, :, None]
+
+
+def explicit_side_inputs(q_pos: Array, kv_pos: Array, *, causal: bool, sliding_window,
+                         lq: int, lk: int) -> list[Array]:
+    """Per-row visible intervals ``lo, hi [b, lq, 1]`` and key positions ``[b, 1, lk]``.
+    Padding rows see nothing (lo > hi) and padding keys are empty (-1)."""
+    lo, hi = ref.visible_bounds(q_pos, causal=causal, sliding_window=sliding_window)
+    return [_pad_rows(lo, lq, ref.POS_MAX, False), _pad_rows(hi, lq, -1, False),
+            _pad_rows(kv_pos.astype(jnp.int32), lk, -1, True)]
+
+
 def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
                     segment_ids: Array | tuple[Array, Array] | None = None,
-                    sliding_window: int | None = None, softcap: float | None = None,
+                    sliding_window=None, softcap: float | None = None,
                     scale: float | None = None, backend: str | None = None,
                     interpret: bool | None = None, block_q: int | None = None,
-                    block_k: int | None = None) -> Array:
+                    block_k: int | None = None, q_positions: Array | None = None,
+                    kv_positions: Array | None = None) -> Array:
     """Memory-efficient attention: ``softmax(mask(softcap(q k^T * scale))) v``.
 
     Args:
@@ -565,13 +611,20 @@ def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
         kv_ids [batch, kv_len])``; attention stays within equal ids. Express
         padding by giving pad tokens an id no real token uses.
       sliding_window: keys with ``q_pos - w < kv_pos`` (and ``<= q_pos`` if causal;
-        symmetric ``< q_pos + w`` if not).
+        symmetric ``< q_pos + w`` if not). A Python int, or a traced int32 scalar
+        where ``<= 0`` means no window (per-layer windows under ``lax.scan``).
       softcap: ``s = softcap * tanh(s / softcap)`` (Gemma-2 style).
       scale: defaults to ``head_dim ** -0.5``.
       backend: "triton" | "mosaic_tpu" | "xla" (the jnp reference); None picks
         from ``jax.default_backend()``.
       interpret: run the Pallas kernel in interpret mode (default: on CPU).
-      block_q, block_k: override the block-size table for both directions.
+      block_q, block_k: override the block-size table for both directions (see
+        :mod:`kernels.block_sizes` for the table and a process-wide override).
+      q_positions, kv_positions: explicit token positions ``[batch, len]`` (or
+        ``[len]``) instead of the bottom-right aligned ones, e.g. a prefill
+        into a static KV cache with left padding; a negative key position marks
+        an empty slot. Each query row then gets an inclusive visible interval and
+        the kernel skips key blocks no row of a tile can see.
 
     Returns ``[batch, q_len, q_heads, head_dim]`` in ``q.dtype``; differentiable in
     q, k, v with a blockwise (flash) backward. Rows with no visible key are zeros.
@@ -582,12 +635,15 @@ def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
     _, kv_len, hk, _ = k.shape
     if k.shape[0] != b or k.shape[3] != d or hq % hk:
         raise ValueError(f"incompatible q {q.shape} and k {k.shape}")
-    if sliding_window is not None and sliding_window < 1:
+    static_window = sliding_window is None or isinstance(sliding_window, int)
+    if static_window and sliding_window is not None and sliding_window < 1:
         raise ValueError("sliding_window must be >= 1")
+    explicit = q_positions is not None or kv_positions is not None or not static_window
     backend, interpret = resolve_backend(backend, interpret)
     if backend == "xla":
         return ref.attention_reference(q, k, v, causal=causal, segment_ids=segment_ids,
-                                       sliding_window=sliding_window, softcap=softcap, scale=scale)
+                                       sliding_window=sliding_window, softcap=softcap, scale=scale,
+                                       q_positions=q_positions, kv_positions=kv_positions)
     segs = ref.split_segment_ids(segment_ids, q_len, kv_len)
     bq, bk, bq_b, bk_b = choose_blocks(backend, d, q_len, kv_len, block_q, block_k)
     lq = _round_up(q_len, math.lcm(bq, bq_b))
@@ -595,14 +651,18 @@ def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
     heads_major = backend == "mosaic_tpu"
     dp = _padded_head_dim(backend, interpret, d)
     cfg = FlashConfig(
-        causal=bool(causal), sliding_window=sliding_window,
+        causal=bool(causal), sliding_window=None if explicit else sliding_window,
         softcap=float(softcap) if softcap else None,
         scale=ref.default_scale(d, scale), q_len=q_len, kv_len=kv_len,
         q_len_padded=lq, kv_len_padded=lk, block_q=bq, block_k=bk,
         block_q_bwd=bq_b, block_k_bwd=bk_b, group=hq // hk,
-        has_segments=segs is not None, heads_major=heads_major,
+        has_segments=segs is not None, explicit=explicit, heads_major=heads_major,
         backend=backend, interpret=interpret)
-    q_seg, kv_seg = _pad_segments(segs, lq, lk) if segs is not None else (None, None)
+    side = list(_pad_segments(segs, lq, lk)) if segs is not None else []
+    if explicit:
+        q_pos, kv_pos = ref.default_positions(b, q_len, kv_len, q_positions, kv_positions)
+        side += explicit_side_inputs(q_pos, kv_pos, causal=causal, sliding_window=sliding_window,
+                                     lq=lq, lk=lk)
     o = _flash(_to_kernel_layout(q, lq, dp, heads_major), _to_kernel_layout(k, lk, dp, heads_major),
-               _to_kernel_layout(v, lk, dp, heads_major), q_seg, kv_seg, cfg)
+               _to_kernel_layout(v, lk, dp, heads_major), tuple(side), cfg)
     return _from_kernel_layout(o, q_len, d, heads_major)

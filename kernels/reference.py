@@ -17,6 +17,13 @@ docstrings point back to:
   (``None`` or ``0`` disables it);
 * a query row that sees no key outputs zeros (not NaN) and gets zero grads.
 
+Explicit positions (what a model with a KV cache needs) replace the implicit
+ones: ``q_positions [batch, q_len]`` and ``kv_positions [batch, kv_len]``, where
+a negative key position marks an empty or padding slot. Each query row then
+sees the keys whose position lies in an inclusive interval ``[lo, hi]``
+(:func:`visible_bounds`), which is how the kernels take causal masks and
+sliding windows, static or traced, without any ``[q_len, kv_len]`` array.
+
 All arithmetic is float32; the result is cast back to ``q.dtype``.
 """
 
@@ -81,6 +88,27 @@ def position_mask(q_pos: Array, kv_pos: Array, *, causal: bool,
     return mask
 
 
+# Positions are token indices >= 0; these bounds stay far from int32 overflow.
+POS_MAX = 2**30
+
+
+def visible_bounds(q_pos: Array, *, causal: bool, sliding_window) -> tuple[Array, Array]:
+    """Inclusive ``[lo, hi]`` key positions each query may see (same rules as
+    :func:`position_mask`). ``sliding_window`` may be a traced scalar, where ``<= 0``
+    means "no window" (per-layer windows under ``lax.scan``). ``lo >= 0`` always, so
+    negative (empty) key positions are never visible."""
+    q_pos = q_pos.astype(jnp.int32)
+    hi = q_pos if causal else jnp.full_like(q_pos, POS_MAX)
+    lo = jnp.zeros_like(q_pos)
+    if sliding_window is not None:
+        w = jnp.asarray(sliding_window, jnp.int32)
+        on = w > 0
+        lo = jnp.where(on, q_pos - w + 1, lo)
+        if not causal:
+            hi = jnp.where(on, q_pos + w - 1, hi)
+    return jnp.maximum(lo, 0), hi
+
+
 def masked_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
                      scale: float, softcap: float | None) -> Array:
     """Softmax attention with an explicit boolean mask ``[batch, q_len, kv_len]``.
@@ -112,18 +140,32 @@ def masked_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     return o.reshape(b, tq, hq, v.shape[-1]).astype(q.dtype)
 
 
+def explicit_mask(q_pos: Array, kv_pos: Array, *, causal: bool, sliding_window) -> Array:
+    """``[batch, q_len, kv_len]`` visibility from explicit positions (negative key = empty)."""
+    lo, hi = visible_bounds(q_pos, causal=causal, sliding_window=sliding_window)
+    kv = kv_pos.astype(jnp.int32)[:, None, :]
+    return (kv >= lo[:, :, None]) & (kv <= hi[:, :, None])
+
+
 def attention_reference(q: Array, k: Array, v: Array, *, causal: bool = False,
-                        segment_ids: SegmentIds = None, sliding_window: int | None = None,
-                        softcap: float | None = None, scale: float | None = None) -> Array:
+                        segment_ids: SegmentIds = None, sliding_window=None,
+                        softcap: float | None = None, scale: float | None = None,
+                        q_positions: Array | None = None,
+                        kv_positions: Array | None = None) -> Array:
     """Oracle for :func:`kernels.flash_attention` (same arguments, same layout).
 
     q ``[batch, q_len, q_heads, head_dim]``, k/v ``[batch, kv_len, kv_heads, head_dim]``.
     """
     tq, tk = q.shape[1], k.shape[1]
-    q_pos = (tk - tq + jnp.arange(tq, dtype=jnp.int32))[:, None]
-    kv_pos = jnp.arange(tk, dtype=jnp.int32)[None, :]
-    mask = position_mask(q_pos, kv_pos, causal=causal, sliding_window=sliding_window)
-    mask = None if mask is None else jnp.broadcast_to(mask[None], (q.shape[0], tq, tk))
+    if q_positions is not None or kv_positions is not None or (
+            sliding_window is not None and not isinstance(sliding_window, int)):
+        q_pos, kv_pos = default_positions(q.shape[0], tq, tk, q_positions, kv_positions)
+        mask = explicit_mask(q_pos, kv_pos, causal=causal, sliding_window=sliding_window)
+    else:
+        q_pos = (tk - tq + jnp.arange(tq, dtype=jnp.int32))[:, None]
+        kv_pos = jnp.arange(tk, dtype=jnp.int32)[None, :]
+        mask = position_mask(q_pos, kv_pos, causal=causal, sliding_window=sliding_window)
+        mask = None if mask is None else jnp.broadcast_to(mask[None], (q.shape[0], tq, tk))
     segs = split_segment_ids(segment_ids, tq, tk)
     if segs is not None:
         seg_mask = segs[0][:, :, None] == segs[1][:, None, :]
@@ -132,23 +174,47 @@ def attention_reference(q: Array, k: Array, v: Array, *, causal: bool = False,
                             softcap=softcap)
 
 
+def default_positions(batch: int, q_len: int, kv_len: int, q_positions: Array | None,
+                      kv_positions: Array | None) -> tuple[Array, Array]:
+    """Fill in whichever of the explicit positions is missing with the implicit ones
+    (bottom-right aligned), broadcast to ``[batch, len]`` int32."""
+    if q_positions is None:
+        q_positions = kv_len - q_len + jnp.arange(q_len, dtype=jnp.int32)
+    if kv_positions is None:
+        kv_positions = jnp.arange(kv_len, dtype=jnp.int32)
+    q_pos = jnp.broadcast_to(jnp.asarray(q_positions, jnp.int32), (batch, q_len))
+    kv_pos = jnp.broadcast_to(jnp.asarray(kv_positions, jnp.int32), (batch, kv_len))
+    return q_pos, kv_pos
+
+
 def decode_query_positions(lengths: Array, n_q_tokens: int) -> Array:
     """Positions ``[batch, n_q_tokens]`` of the query tokens: the last ones of each sequence."""
     return lengths.astype(jnp.int32)[:, None] - n_q_tokens + jnp.arange(n_q_tokens, dtype=jnp.int32)
 
 
-def decode_attention_reference(q: Array, k: Array, v: Array, lengths: Array, *,
+def decode_attention_reference(q: Array, k: Array, v: Array, lengths: Array | None = None, *,
                                softcap: float | None = None, scale: float | None = None,
-                               sliding_window: int | None = None) -> Array:
+                               sliding_window=None, q_positions: Array | None = None,
+                               kv_positions: Array | None = None, causal: bool = True) -> Array:
     """Oracle for :func:`kernels.decode_attention`.
 
     ``lengths[b]`` cache entries are valid; the ``n_q_tokens`` queries are the
-    last of them and causal among themselves. The score matrix here is only
-    ``[n_q_tokens, kv_len]`` per head, so this is also a reasonable XLA fallback.
+    last of them and causal among themselves. Or, instead of ``lengths``, explicit
+    ``q_positions [batch, n_q_tokens]`` and ``kv_positions [batch, kv_len]``
+    (negative = empty slot). The score matrix here is only ``[n_q_tokens, kv_len]``
+    per head, so this is also a reasonable XLA fallback.
     """
-    q_pos = decode_query_positions(lengths, q.shape[1])[:, :, None]
-    kv_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, None, :]
-    mask = position_mask(q_pos, kv_pos, causal=True, sliding_window=sliding_window)
+    if q_positions is not None:
+        kv_pos = kv_positions if kv_positions is not None else jnp.arange(k.shape[1], dtype=jnp.int32)
+        kv_pos = jnp.broadcast_to(jnp.asarray(kv_pos, jnp.int32), (q.shape[0], k.shape[1]))
+        mask = explicit_mask(jnp.asarray(q_positions, jnp.int32), kv_pos, causal=causal,
+                             sliding_window=sliding_window)
+    else:
+        if lengths is None:
+            raise ValueError("decode attention needs lengths or q_positions")
+        q_pos = decode_query_positions(lengths, q.shape[1])[:, :, None]
+        kv_pos = jnp.arange(k.shape[1], dtype=jnp.int32)[None, None, :]
+        mask = position_mask(q_pos, kv_pos, causal=True, sliding_window=sliding_window)
     return masked_attention(q, k, v, mask, scale=default_scale(q.shape[-1], scale),
                             softcap=softcap)
 

@@ -1,0 +1,144 @@
+"""Block sizes of the Pallas kernels: a small table per backend and head dim, overridable.
+
+The table (why these numbers):
+
+==========  ========  ====================  ====================  ===============
+backend     head_dim  forward (bq, bk)      backward (bq, bk)     decode block_k
+==========  ========  ====================  ====================  ===============
+triton      <= 64     (128, 64)             (64, 64)              64
+triton      <= 128    (128, 64)             (64, 64)              64
+triton      <= 256    (64, 32)              (32, 32)              32
+mosaic_tpu  <= 128    (256, 512)            (256, 256)            (reference)
+mosaic_tpu  <= 256    (128, 256)            (128, 128)            (reference)
+interpret   any       as triton             as triton             16
+==========  ========  ====================  ====================  ===============
+
+* Triton: the usual FA2 tiles for Hopper/Ampere; the backward keeps two fp32
+  accumulators live, so its tiles are smaller, and head_dim 256 halves them
+  again to stay within registers/shared memory.
+* TPU: tiles are multiples of 128 lanes and large, because every grid step has
+  a fixed overhead.
+* Shapes: a block never exceeds the next power of two of the sequence length
+  (floored at the smallest block the backend compiles: 16 for Triton's
+  ``tl.dot``, 128 for TPU lanes), so short prompts do not pad to 128 rows.
+
+None of this is autotuned. Override per call with ``block_q=`` / ``block_k=``
+(:func:`kernels.flash_attention`, :func:`kernels.decode_attention`), or for the
+whole process (what a model's ``attn_implementation="pallas"`` reads, at trace
+time) with :func:`set_pallas_block_sizes`; ``benchmarks/bench_attention_gpu.py
+--block-q/--block-k`` is the way to find better numbers for a card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Iterator
+
+from jax.experimental import pallas as pl
+
+# (max head_dim, forward (block_q, block_k), backward (block_q, block_k))
+BLOCK_TABLE: dict[str, tuple[tuple[int, tuple[int, int], tuple[int, int]], ...]] = {
+    "triton": (
+        (64, (128, 64), (64, 64)),
+        (128, (128, 64), (64, 64)),
+        (256, (64, 32), (32, 32)),
+    ),
+    "mosaic_tpu": (
+        (128, (256, 512), (256, 256)),
+        (256, (128, 256), (128, 128)),
+    ),
+}
+# Smallest block each backend can compile (Triton's tl.dot needs >= 16; TPU tiles are 128 lanes).
+MIN_BLOCK = {"triton": 16, "mosaic_tpu": 128}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Process-wide overrides; ``None`` fields fall back to the table."""
+    block_q: int | None = None
+    block_k: int | None = None
+    block_q_bwd: int | None = None
+    block_k_bwd: int | None = None
+    decode_block_k: int | None = None
+    num_splits: int | None = None
+
+
+_OVERRIDES = BlockSizes()
+
+
+def _check_block(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 1 or value & (value - 1)):
+        raise ValueError(f"{name} must be a positive power of two, got {value!r}")
+
+
+def set_pallas_block_sizes(*, block_q: int | None = None, block_k: int | None = None,
+                           block_q_bwd: int | None = None, block_k_bwd: int | None = None,
+                           decode_block_k: int | None = None,
+                           num_splits: int | None = None) -> BlockSizes:
+    """Override the table for every later kernel call (all ``None``: back to the table).
+
+    Read when a function is traced: re-jit (or call a fresh function) after changing
+    it. Returns the previous overrides so a caller can restore them.
+    """
+    global _OVERRIDES
+    new = BlockSizes(block_q, block_k, block_q_bwd, block_k_bwd, decode_block_k, num_splits)
+    for f in dataclasses.fields(new):
+        if f.name != "num_splits":
+            _check_block(f.name, getattr(new, f.name))
+    if num_splits is not None and num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    old, _OVERRIDES = _OVERRIDES, new
+    return old
+
+
+def get_pallas_block_sizes() -> BlockSizes:
+    return _OVERRIDES
+
+
+@contextlib.contextmanager
+def pallas_block_sizes(**kwargs) -> Iterator[BlockSizes]:
+    """``with pallas_block_sizes(block_q=64): ...`` — overrides restored on exit."""
+    old = set_pallas_block_sizes(**kwargs)
+    try:
+        yield get_pallas_block_sizes()
+    finally:
+        global _OVERRIDES
+        _OVERRIDES = old
+
+
+def choose_blocks(backend: str, head_dim: int, q_len: int, kv_len: int,
+                  block_q: int | None, block_k: int | None) -> tuple[int, int, int, int]:
+    """(block_q, block_k, block_q_bwd, block_k_bwd) for one flash-attention call.
+
+    Priority: explicit ``block_q``/``block_k`` arguments (both directions), then
+    :func:`set_pallas_block_sizes`, then the table clamped to short inputs.
+    """
+    _check_block("block_q", block_q)
+    _check_block("block_k", block_k)
+    table = BLOCK_TABLE[backend]
+    fwd, bwd = next(((f, b) for dmax, f, b in table if head_dim <= dmax), table[-1][1:])
+    floor = MIN_BLOCK[backend]
+    o = _OVERRIDES
+
+    def clamp(block: int, length: int) -> int:
+        return min(block, max(floor, pl.next_power_of_2(length)))
+
+    bq = block_q or o.block_q or clamp(fwd[0], q_len)
+    bk = block_k or o.block_k or clamp(fwd[1], kv_len)
+    bq_b = block_q or o.block_q_bwd or o.block_q or clamp(bwd[0], q_len)
+    bk_b = block_k or o.block_k_bwd or o.block_k or clamp(bwd[1], kv_len)
+    return bq, bk, bq_b, bk_b
+
+
+def decode_block_k(head_dim: int, interpret: bool) -> int:
+    """Keys per inner step of decode attention (the table's last column)."""
+    if _OVERRIDES.decode_block_k:
+        return _OVERRIDES.decode_block_k
+    if interpret:
+        return 16
+    return 64 if head_dim <= 128 else 32
+
+
+def decode_num_splits() -> int | None:
+    return _OVERRIDES.num_splits
