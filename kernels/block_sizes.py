@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 from typing import Iterator
 
+import jax
 from jax.experimental import pallas as pl
 
 # (max head_dim, forward (block_q, block_k), backward (block_q, block_k))
@@ -78,17 +79,25 @@ def set_pallas_block_sizes(*, block_q: int | None = None, block_k: int | None = 
                            num_splits: int | None = None) -> BlockSizes:
     """Override the table for every later kernel call (all ``None``: back to the table).
 
-    Read when a function is traced: re-jit (or call a fresh function) after changing
-    it. Returns the previous overrides so a caller can restore them.
+    The sizes are read when a function is traced, so a change clears JAX's trace and
+    compile caches: an already-jitted model picks the new sizes up on its next call
+    (after one recompile) instead of silently keeping the old ones. Returns the
+    previous overrides so a caller can restore them.
     """
-    global _OVERRIDES
     new = BlockSizes(block_q, block_k, block_q_bwd, block_k_bwd, decode_block_k, num_splits)
     for f in dataclasses.fields(new):
         if f.name != "num_splits":
             _check_block(f.name, getattr(new, f.name))
-    if num_splits is not None and num_splits < 1:
-        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"num_splits must be an int >= 1, got {num_splits!r}")
+    return _install(new)
+
+
+def _install(new: BlockSizes) -> BlockSizes:
+    global _OVERRIDES
     old, _OVERRIDES = _OVERRIDES, new
+    if new != old:
+        jax.clear_caches()
     return old
 
 
@@ -103,8 +112,7 @@ def pallas_block_sizes(**kwargs) -> Iterator[BlockSizes]:
     try:
         yield get_pallas_block_sizes()
     finally:
-        global _OVERRIDES
-        _OVERRIDES = old
+        _install(old)
 
 
 def choose_blocks(backend: str, head_dim: int, q_len: int, kv_len: int,

@@ -132,9 +132,13 @@ def resolve_implementation(name: str) -> str:
     """Check that ``name`` can run here; 'auto' picks the fastest available, logging the choice."""
     platform = jax.default_backend()
     if name == "auto":
-        chosen = "pallas" if platform in ("gpu", "tpu") else "xla"
-        logger.info("attn_implementation='auto' -> '%s' on %s", chosen, platform)
-        return chosen
+        if platform in ("gpu", "tpu"):
+            logger.info("attn_implementation='auto' -> 'pallas' (compiled kernels on %s)", platform)
+            return "pallas"
+        # Pallas would only run interpreted here (orders of magnitude slower) and cudnn not at all.
+        logger.info("attn_implementation='auto': falling back to 'xla' on %s "
+                    "('pallas' is compiled only on gpu/tpu, 'cudnn' needs an NVIDIA GPU)", platform)
+        return "xla"
     if name not in _REGISTRY:
         raise ValueError(f"unknown attn_implementation '{name}'; known: {sorted(_REGISTRY) + ['auto']}")
     if not platform_supports(name, platform):
