@@ -22,18 +22,28 @@ GRAD_TOL = 1e-3
 _counter = itertools.count()
 
 
-def _keys(n: int):
-    """Fresh keys per call so no two tests share inputs."""
-    return jax.random.split(jax.random.key(1000 + next(_counter)), n)
+def _rng() -> np.random.Generator:
+    """A fresh generator per call so no two tests share inputs. (numpy, not jax.random: an
+    eager jax.random.normal compiles per shape, which was a large part of this file's time.)"""
+    return np.random.default_rng(1000 + next(_counter))
+
+
+def _normal(rng: np.random.Generator, shape, dtype=jnp.float32) -> jax.Array:
+    return jnp.asarray(rng.standard_normal(shape, np.float32).astype(dtype))
 
 
 def _qkv(b, tq, tk, hq, hk, d, dtype=jnp.float32):
-    kq, kk, kv, kw = _keys(4)
-    q = jax.random.normal(kq, (b, tq, hq, d), jnp.float32).astype(dtype)
-    k = jax.random.normal(kk, (b, tk, hk, d), jnp.float32).astype(dtype)
-    v = jax.random.normal(kv, (b, tk, hk, d), jnp.float32).astype(dtype)
-    w = jax.random.normal(kw, (b, tq, hq, d), jnp.float32)
+    rng = _rng()
+    q = _normal(rng, (b, tq, hq, d), dtype)
+    k = _normal(rng, (b, tk, hk, d), dtype)
+    v = _normal(rng, (b, tk, hk, d), dtype)
+    w = _normal(rng, (b, tq, hq, d))
     return q, k, v, w
+
+
+def _run(fn, *args, **kw):
+    """Call under jit: interpret-mode kernels and the oracle run op by op (and much slower) eagerly."""
+    return jax.jit(lambda *a: fn(*a, **kw))(*args)
 
 
 def _rel_err(x, y) -> float:
@@ -60,7 +70,7 @@ def _check_flash(b=1, tq=40, tk=40, hq=2, hk=1, d=16, dtype=jnp.float32, grads=T
         return kernels.attention_reference(q, k, v, **mask_kw)
 
     if not grads:
-        out, want = jax.jit(kern)(q, k, v), oracle(q, k, v)
+        out, want = jax.jit(kern)(q, k, v), jax.jit(oracle)(q, k, v)
         assert _rel_err(out, want) < FWD_TOL[dtype]
         return out, None
     out, g = _fwd_and_grads(kern, q, k, v, w)
@@ -81,7 +91,7 @@ def test_reference_masks_match_naive_loop():
     q, k, v, _ = _qkv(b, tq, tk, h, h, d)
     seg_q = jnp.array([[1, 1, 2, 2, 3]])
     seg_k = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2, 2]])
-    out = reference.attention_reference(q, k, v, causal=True, sliding_window=w,
+    out = _run(reference.attention_reference, q, k, v, causal=True, sliding_window=w,
                                         segment_ids=(seg_q, seg_k))
     qn, kn, vn = (np.asarray(x, np.float64)[0, :, 0] for x in (q, k, v))
     for i in range(tq):
@@ -150,14 +160,14 @@ def test_flash_tpu_layout_interpreted():
 def test_flash_default_blocks_and_backend():
     """No block or backend arguments: the CPU default is the interpreted Triton variant."""
     q, k, v, _ = _qkv(1, 20, 20, 2, 2, 16)
-    out = kernels.flash_attention(q, k, v, causal=True)
-    assert _rel_err(out, kernels.attention_reference(q, k, v, causal=True)) < 1e-4
+    out = _run(kernels.flash_attention, q, k, v, causal=True)
+    assert _rel_err(out, _run(kernels.attention_reference, q, k, v, causal=True)) < 1e-4
 
 
 def test_flash_xla_backend_is_reference():
     q, k, v, _ = _qkv(1, 8, 8, 2, 1, 8)
-    out = kernels.flash_attention(q, k, v, causal=True, backend="xla")
-    np.testing.assert_array_equal(out, kernels.attention_reference(q, k, v, causal=True))
+    out = _run(kernels.flash_attention, q, k, v, causal=True, backend="xla")
+    np.testing.assert_array_equal(out, _run(kernels.attention_reference, q, k, v, causal=True))
 
 
 def test_flash_rejects_bad_inputs():
@@ -167,6 +177,53 @@ def test_flash_rejects_bad_inputs():
     q, k, v, _ = _qkv(1, 8, 12, 2, 1, 8)
     with pytest.raises(ValueError):
         kernels.flash_attention(q, k, v, segment_ids=jnp.zeros((1, 8), jnp.int32))
+
+
+def _left_padded_cache_positions(b, tq, tk, pad):
+    """Positions of a static cache holding a left-padded batch: row r has ``pad[r]`` empty
+    slots (-1) before its tokens and unwritten slots (-1) after them; the queries are the
+    row's last ``tq`` tokens."""
+    kv_pos = np.full((b, tk), -1, np.int32)
+    q_pos = np.zeros((b, tq), np.int32)
+    for r, p in enumerate(pad):
+        n = tk - 6 - p                            # tokens written so far (6 slots unwritten)
+        kv_pos[r, p:p + n] = np.arange(n)
+        q_pos[r] = np.arange(n - tq, n)
+    return jnp.asarray(q_pos), jnp.asarray(kv_pos)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_flash_explicit_positions_static_cache(window):
+    """Chunked prefill into a static cache: explicit q/kv positions with empty slots (-1),
+    GQA, optional window; forward and gradients vs the reference."""
+    q_pos, kv_pos = _left_padded_cache_positions(2, 10, 40, pad=(0, 7))
+    _check_flash(b=2, tq=10, tk=40, hq=4, hk=2, causal=True, sliding_window=window,
+                 q_positions=q_pos, kv_positions=kv_pos)
+
+
+def test_flash_explicit_positions_out_of_order_slots_and_empty_rows():
+    """A rolling buffer stores keys in slot order, not position order; a query whose visible
+    keys are all empty slots gets a zero row and finite gradients."""
+    kv_pos = jnp.asarray(_rng().permutation(24), jnp.int32)[None]
+    kv_pos = jnp.where(kv_pos < 3, -1, kv_pos)              # positions 0..2 were never written
+    q_pos = jnp.array([[1, 2, 9, 17, 23, 20]], jnp.int32)    # 1 and 2 see only empty slots
+    out, _ = _check_flash(tq=6, tk=24, hq=2, hk=1, causal=True, q_positions=q_pos,
+                          kv_positions=kv_pos, block_q=8, block_k=8)
+    np.testing.assert_array_equal(np.asarray(out[0, :2]), 0.0)
+
+
+def test_flash_traced_sliding_window():
+    """A per-layer window traced under jit (as under lax.scan over layers); <= 0 means none."""
+    q, k, v, _ = _qkv(1, 20, 36, 2, 1, 16)
+
+    @jax.jit
+    def kern(window):
+        return kernels.flash_attention(q, k, v, causal=True, sliding_window=window, interpret=True,
+                                       block_q=16, block_k=16)
+
+    for window, static in ((6, 6), (0, None)):
+        want = _run(kernels.attention_reference, q, k, v, causal=True, sliding_window=static)
+        assert _rel_err(kern(jnp.int32(window)), want) < 1e-4
 
 
 # --------------------------------------------------------------------------- decode attention
@@ -189,16 +246,16 @@ def test_decode_matches_reference(kw):
     q, k, v = _decode_inputs(b, t, hq, hk, d, s)
     lengths = jnp.array([100, 37, t], jnp.int32)
     split_kw = {"num_splits": kw.pop("num_splits", None)}
-    out = kernels.decode_attention(q, k, v, lengths, interpret=True, **split_kw, **kw)
-    want = kernels.decode_attention_reference(q, k, v, lengths, **kw)
+    out = _run(kernels.decode_attention, q, k, v, lengths, interpret=True, **split_kw, **kw)
+    want = _run(kernels.decode_attention_reference, q, k, v, lengths, **kw)
     assert _rel_err(out, want) < 1e-4
 
 
 def test_decode_empty_and_bf16_and_large_head_dim():
     q, k, v = _decode_inputs(2, 1, 4, 1, 128, 40, jnp.bfloat16)
     lengths = jnp.array([0, 29], jnp.int32)
-    out = kernels.decode_attention(q, k, v, lengths, num_splits=2, interpret=True)
-    want = kernels.decode_attention_reference(q, k, v, lengths)
+    out = _run(kernels.decode_attention, q, k, v, lengths, num_splits=2, interpret=True)
+    want = _run(kernels.decode_attention_reference, q, k, v, lengths)
     np.testing.assert_array_equal(np.asarray(out[0], np.float32), 0.0)
     assert _rel_err(out, want) < 2e-2
 
@@ -207,24 +264,45 @@ def test_decode_matches_flash_on_last_tokens():
     """Decoding the last t tokens equals the last t rows of causal flash attention."""
     q, k, v = _decode_inputs(1, 4, 4, 2, 16, 50)
     lengths = jnp.array([50], jnp.int32)
-    dec = kernels.decode_attention(q, k, v, lengths, num_splits=2, interpret=True)
-    fl = kernels.flash_attention(q, k, v, causal=True, interpret=True, block_q=16, block_k=16)
+    dec = _run(kernels.decode_attention, q, k, v, lengths, num_splits=2, interpret=True)
+    fl = _run(kernels.flash_attention, q, k, v, causal=True, interpret=True, block_q=16, block_k=16)
     assert _rel_err(dec, fl) < 1e-4
+
+
+def test_decode_explicit_positions_and_traced_window():
+    """Decode against a static cache given by kv positions (left padding, empty slots, a
+    shuffled rolling buffer) with a traced window, as generate() calls it."""
+    b, t, hq, hk, d, s = 2, 2, 4, 2, 16, 48
+    q, k, v = _decode_inputs(b, t, hq, hk, d, s)
+    ring = jnp.asarray(_rng().permutation(s), jnp.int32)          # row 1: out-of-order slots
+    kv_pos = jnp.stack([jnp.where(jnp.arange(s) < 5, -1, jnp.arange(s) - 5), ring])
+    kv_pos = kv_pos.at[0, 40:].set(-1)                                # unwritten tail
+    q_pos = jnp.array([[33, 34], [46, 47]], jnp.int32)
+
+    @jax.jit
+    def kern(window):
+        return kernels.decode_attention(q, k, v, q_positions=q_pos, kv_positions=kv_pos,
+                                        sliding_window=window, num_splits=2, interpret=True)
+
+    for window in (0, 7):
+        want = _run(kernels.decode_attention_reference, q, k, v, q_positions=q_pos, kv_positions=kv_pos,
+                                                  sliding_window=window)
+        assert _rel_err(kern(jnp.int32(window)), want) < 1e-4
 
 
 @pytest.mark.parametrize("kw", [dict(num_splits=1), dict(num_splits=3, t=2, sliding_window=20, softcap=5.0)])
 def test_paged_decode_matches_reference(kw):
     kw = dict(kw)
     b, t, hq, hk, d, ps, pages, max_pages = 3, kw.pop("t", 1), 4, 2, 16, 16, 24, 7
-    kq, kk, kv, kt = _keys(4)
-    q = jax.random.normal(kq, (b, t, hq, d))
-    k_pages = jax.random.normal(kk, (pages, ps, hk, d))
-    v_pages = jax.random.normal(kv, (pages, ps, hk, d))
-    tables = jax.random.permutation(kt, pages)[:b * max_pages].reshape(b, max_pages).astype(jnp.int32)
+    rng = _rng()
+    q = _normal(rng, (b, t, hq, d))
+    k_pages = _normal(rng, (pages, ps, hk, d))
+    v_pages = _normal(rng, (pages, ps, hk, d))
+    tables = jnp.asarray(rng.permutation(pages)[:b * max_pages].reshape(b, max_pages), jnp.int32)
     lengths = jnp.array([100, 37, t + 1], jnp.int32)
-    out = kernels.paged_decode_attention(q, k_pages, v_pages, tables, lengths, interpret=True, **kw)
+    out = _run(kernels.paged_decode_attention, q, k_pages, v_pages, tables, lengths, interpret=True, **kw)
     kw.pop("num_splits")
-    want = kernels.paged_decode_attention_reference(q, k_pages, v_pages, tables, lengths, **kw)
+    want = _run(kernels.paged_decode_attention_reference, q, k_pages, v_pages, tables, lengths, **kw)
     assert _rel_err(out, want) < 1e-4
 
 
