@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_close_rel, left_padded_batch, make_hf_model, save_hf
+from encoder_parity import padded_batch
 
 import kernels
 from kernels import from_mask_info
 from kernels.block_sizes import BlockSizes
-from zoo import AutoModelForCausalLM
+from zoo import AutoModel, AutoModelForCausalLM
 from zoo.nn import attention as attn
 
 BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -131,7 +132,8 @@ def test_pallas_cached_logits_match_xla(folders):
         step = model(ids[:, :split], attention_mask=mask[:, :split], past_key_values=cache)
         logits = [np.asarray(step.logits)]
         for t in range(split, ids.shape[1]):
-            step = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=step.past_key_values)
+            # the model reads the new tokens' validity from the mask's last columns: one shape, one compile
+            step = model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], past_key_values=step.past_key_values)
             logits.append(np.asarray(step.logits))
         outs[impl] = np.concatenate(logits, axis=1)
     assert_close_rel(outs["pallas"], outs["xla"], 1e-5, mask.astype(bool))
@@ -151,6 +153,30 @@ def test_pallas_gradients_match_xla(folders):
         grads[impl] = jax.grad(loss)(model.params)
     for got, want in zip(jax.tree.leaves(grads["pallas"]), jax.tree.leaves(grads["xla"])):
         assert_close_rel(got, want, 1e-4)
+
+
+OTHER_FAMILIES = {
+    # absolute positions, MHA, fused qkv
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", AutoModelForCausalLM,
+             dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.1)),
+    # bidirectional encoder, symmetric local window on every 2nd layer, right and left padding
+    "modernbert": ("ModernBertConfig", "ModernBertModel", AutoModel,
+                   dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=40, global_attn_every_n_layers=2, local_attention=4,
+                        initializer_range=0.1, pad_token_id=0, max_position_embeddings=64)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(OTHER_FAMILIES))
+def test_pallas_matches_xla_in_other_families(tmp_path, family):
+    cfg_cls, model_cls, auto, config = OTHER_FAMILIES[family]
+    folder = save_hf(make_hf_model(cfg_cls, model_cls, **config), tmp_path / family)
+    ids, mask = padded_batch(config["vocab_size"], pad=0, seq=SEQ)
+    outs = {}
+    for impl in ("xla", "pallas"):
+        out = auto.from_pretrained(folder, attn_implementation=impl)(ids, attention_mask=mask)
+        outs[impl] = np.asarray(out.logits if auto is AutoModelForCausalLM else out.last_hidden_state)
+    assert_close_rel(outs["pallas"], outs["xla"], 1e-5, mask.astype(bool))
 
 
 # --------------------------------------------------------------------------- clear errors
@@ -218,10 +244,10 @@ def test_per_call_block_sizes_and_context_manager():
     q = jax.random.normal(kq, (1, 24, 2, 16))
     k = jax.random.normal(kk, (1, 40, 1, 16))
     v = jax.random.normal(kv, (1, 40, 1, 16))
-    want = kernels.attention_reference(q, k, v, causal=True)
+    want = jax.jit(kernels.attention_reference, static_argnames="causal")(q, k, v, causal=True)
 
     def fwd_grid(**kw):
-        fn = lambda q: kernels.flash_attention(q, k, v, causal=True, interpret=True, **kw)  # noqa: E731
+        fn = jax.jit(lambda q: kernels.flash_attention(q, k, v, causal=True, interpret=True, **kw))
         out = np.asarray(fn(q))
         assert_close_rel(out, want, 1e-5)
         return kernel_grids(fn, q)["flash_attention_fwd"]
@@ -245,10 +271,10 @@ def test_decode_block_and_split_overrides():
     k = jax.random.normal(kk, (2, 64, 2, 16))
     v = jax.random.normal(kv, (2, 64, 2, 16))
     lengths = jnp.array([64, 23], jnp.int32)
-    want = kernels.decode_attention_reference(q, k, v, lengths)
+    want = jax.jit(kernels.decode_attention_reference)(q, k, v, lengths)
 
     def grid():
-        fn = lambda q: kernels.decode_attention(q, k, v, lengths, interpret=True)  # noqa: E731
+        fn = jax.jit(lambda q: kernels.decode_attention(q, k, v, lengths, interpret=True))
         assert_close_rel(np.asarray(fn(q)), want, 1e-5)
         return kernel_grids(fn, q)["decode_attention"]
 
