@@ -25,7 +25,9 @@ interpret   any       as triton             as triton             16
 None of this is autotuned. Override per call with ``block_q=`` / ``block_k=``
 (:func:`kernels.flash_attention`, :func:`kernels.decode_attention`), or for the
 whole process (what a model's ``attn_implementation="pallas"`` reads, at trace
-time) with :func:`set_pallas_block_sizes`; ``benchmarks/bench_attention_gpu.py
+time) with :func:`set_pallas_block_sizes` or the :func:`pallas_block_sizes`
+context manager; a change clears JAX's trace caches, so an already-jitted model
+recompiles with the new sizes on its next call. ``benchmarks/bench_attention_gpu.py
 --block-q/--block-k`` is the way to find better numbers for a card.
 """
 
