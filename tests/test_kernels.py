@@ -293,17 +293,18 @@ def test_decode_explicit_positions_and_traced_window():
 @pytest.mark.parametrize("kw", [dict(num_splits=1), dict(num_splits=3, t=2, sliding_window=20, softcap=5.0)])
 def test_paged_decode_matches_reference(kw):
     kw = dict(kw)
-    b, t, hq, hk, d, ps, pages, max_pages = 3, kw.pop("t", 1), 4, 2, 16, 16, 24, 7
+    b, t, hq, hk, d, ps, pages, max_pages = 4, kw.pop("t", 1), 4, 2, 16, 16, 30, 7
     rng = _rng()
     q = _normal(rng, (b, t, hq, d))
     k_pages = _normal(rng, (pages, ps, hk, d))
     v_pages = _normal(rng, (pages, ps, hk, d))
     tables = jnp.asarray(rng.permutation(pages)[:b * max_pages].reshape(b, max_pages), jnp.int32)
-    lengths = jnp.array([100, 37, t + 1], jnp.int32)
+    lengths = jnp.array([100, 37, t + 1, 0], jnp.int32)      # 0: an idle serving slot
     out = _run(kernels.paged_decode_attention, q, k_pages, v_pages, tables, lengths, interpret=True, **kw)
     kw.pop("num_splits")
     want = _run(kernels.paged_decode_attention_reference, q, k_pages, v_pages, tables, lengths, **kw)
     assert _rel_err(out, want) < 1e-4
+    np.testing.assert_array_equal(np.asarray(out[3]), 0.0)
 
 
 # --------------------------------------------------------------------------- lowering (no device needed)
