@@ -26,9 +26,10 @@ def test_top2_unnormalised_every_layout_and_implementation(tmp_path):
     check_moe_parity(tmp_path, *CLASSES, BASE)
 
 
-def test_top1_normalised_mqa(tmp_path):
-    cfg = dict(BASE, num_experts_per_tok=1, norm_topk_prob=True, num_key_value_heads=1)
-    check_moe_parity(tmp_path, *CLASSES, cfg, check_resave=False, check_cache=False)
+def test_top1_normalised_mqa_window(tmp_path):
+    cfg = dict(BASE, num_experts_per_tok=1, norm_topk_prob=True, num_key_value_heads=1, use_sliding_window=True,
+               sliding_window=4)
+    check_moe_parity(tmp_path, *CLASSES, cfg, layouts=(False,), check_resave=False, check_cache=False)
 
 
 def test_sparse_step_mixes_dense_and_moe(tmp_path):
