@@ -113,3 +113,27 @@ def test_config_round_trip_names():
     assert "num_local_experts" not in cfg.to_dict()
     with pytest.raises(ValueError, match="mlp_only_layers"):
         AutoConfig.for_model("qwen3_moe", num_hidden_layers=2, mlp_only_layers=[5])
+
+
+@pytest.mark.parametrize("preset,hf_classes,billions", [
+    ("qwen3-30b-a3b", CLASSES, 30.5),
+    ("mixtral-8x7b", ("MixtralConfig", "MixtralForCausalLM"), 46.7),
+])
+def test_presets_match_transformers_param_count(preset, hf_classes, billions):
+    """The named presets load, and our (abstract) params count exactly what Transformers builds
+    from the config.json we would write (on the meta device: nothing allocated)."""
+    import torch
+    import transformers
+
+    from zoo import AutoConfig
+    from zoo.models import get_family
+
+    cfg = AutoConfig.from_pretrained(preset)
+    shapes = jax.eval_shape(lambda: get_family(cfg.model_type).init(cfg, jax.random.PRNGKey(0)))
+    ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    data = cfg.to_dict()
+    data.pop("model_type")
+    with torch.device("meta"):
+        hf = getattr(transformers, hf_classes[1])(getattr(transformers, hf_classes[0])(**data))
+    assert ours == sum(p.numel() for p in hf.parameters())
+    assert abs(ours / 1e9 - billions) < 0.1
