@@ -66,3 +66,24 @@ def test_unsupported_options_are_named():
         AutoConfig.for_model("gpt2", n_embd=32, n_head=4, add_cross_attention=True)
     with pytest.raises(ValueError, match="multiple of n_head"):
         AutoConfig.for_model("gpt2", n_embd=30, n_head=4)
+
+
+def test_fsdp_tp_mesh_matches_unsharded(gpt2):
+    """On a data x fsdp x tensor mesh of the 8 host devices the fused qkv is split over heads
+    (tensor) and embed (fsdp), the MLP over its inner dim, and the logits do not change."""
+    from conftest import assert_close_rel
+
+    from zoo import make_mesh
+    from zoo.sharding import use_mesh
+
+    _, folder = gpt2
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=4)
+    ref = np.asarray(AutoModelForCausalLM.from_pretrained(folder)(ids, attention_mask=mask).logits)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = AutoModelForCausalLM.from_pretrained(folder, mesh=mesh, rules="fsdp+tp")
+    layers = model.params["layers"]
+    assert tuple(layers["attn"]["c_attn"]["kernel"].sharding.spec) == (None, "fsdp", None, "tensor", None)
+    assert tuple(layers["mlp"]["c_fc"]["kernel"].sharding.spec) == (None, "fsdp", "tensor")
+    with use_mesh(mesh, "fsdp+tp"):
+        out = np.asarray(model(ids, attention_mask=mask).logits)
+    assert_close_rel(out, ref, 1e-5, mask.astype(bool))

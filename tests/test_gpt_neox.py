@@ -67,3 +67,23 @@ def test_bad_rotary_pct_is_named():
 
     with pytest.raises(ValueError, match="rotary_pct"):
         AutoConfig.for_model("gpt_neox", hidden_size=32, num_attention_heads=4, rotary_pct=1.5)
+
+
+def test_fsdp_tp_mesh_matches_unsharded(neox):
+    """On a data x fsdp x tensor mesh of the 8 host devices the per-head fused qkv is split over
+    heads (tensor) and embed (fsdp), and the logits do not change."""
+    from conftest import assert_close_rel
+
+    from zoo import make_mesh
+    from zoo.sharding import use_mesh
+
+    _, folder = neox
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=4)
+    ref = np.asarray(AutoModelForCausalLM.from_pretrained(folder)(ids, attention_mask=mask).logits)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = AutoModelForCausalLM.from_pretrained(folder, mesh=mesh, rules="fsdp+tp")
+    qkv = model.params["layers"]["attention"]["query_key_value"]["kernel"]
+    assert tuple(qkv.sharding.spec)[:3] == (None, "fsdp", "tensor")
+    with use_mesh(mesh, "fsdp+tp"):
+        out = np.asarray(model(ids, attention_mask=mask).logits)
+    assert_close_rel(out, ref, 1e-5, mask.astype(bool))

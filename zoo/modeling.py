@@ -292,8 +292,14 @@ class PreTrainedModel:
 
         if scan_layers == self.config.scan_layers:
             return self
-        layers = self.params["layers"]
-        layers = stack_layers(layers) if scan_layers else unstack_layers(layers, self.config.num_hidden_layers)
+        layers, cfg = self.params["layers"], self.config
+        # Families whose stacks are not one per layer (dense/MoE kinds stacked apart) convert themselves.
+        if scan_layers:
+            stack = getattr(self.family, "stack_layers", None)
+            layers = stack(layers, cfg) if stack else stack_layers(layers)
+        else:
+            unstack = getattr(self.family, "unstack_layers", None)
+            layers = unstack(layers, cfg) if unstack else unstack_layers(layers, cfg.num_hidden_layers)
         return type(self)(self.config.replace(scan_layers=scan_layers), {**self.params, "layers": layers},
                           self.generation_config)
 

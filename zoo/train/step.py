@@ -38,7 +38,8 @@ def causal_lm_loss_fn(model: Any, *, dtype: Any = None, apply: Callable[..., Any
     ``batch``: ``input_ids`` and optional ``labels`` (default: the ids), ``attention_mask``,
     ``position_ids``, ``segment_ids`` (packed documents). ``dtype`` overrides the compute dtype
     (e.g. "bfloat16" with fp32 master weights). ``apply(params, rng) -> params`` transforms the
-    params first (LoRA's scaling and dropout keys)."""
+    params first (LoRA's scaling and dropout keys). A mixture-of-experts model whose config has
+    ``output_router_logits`` adds ``router_aux_loss_coef * aux_loss``, as Transformers does."""
     if dtype is not None:
         model = type(model)(model.config.replace(dtype=jnp.dtype(dtype).name), model.params,
                             getattr(model, "generation_config", None))
@@ -49,7 +50,11 @@ def causal_lm_loss_fn(model: Any, *, dtype: Any = None, apply: Callable[..., Any
         out = _model_call(model, params, **_forward_kwargs(
             batch, ("input_ids", "attention_mask", "position_ids", "segment_ids")))
         labels = batch.get("labels", batch["input_ids"])
-        return token_cross_entropy_sum(out.logits, shift_labels(labels))
+        total, count = token_cross_entropy_sum(out.logits, shift_labels(labels))
+        aux = getattr(out, "aux_loss", None)  # MoE with output_router_logits: Transformers adds coef * aux
+        if aux is not None:
+            total = total + model.config.router_aux_loss_coef * aux * count
+        return total, count
 
     return loss_fn
 

@@ -9,6 +9,8 @@ from zoo.models.mixtral.model import (
     init_cache,
     param_axes,
     param_specs,
+    stack_layers,
+    unstack_layers,
 )
 from zoo.modeling_moe import MoeCausalLM
 
@@ -16,4 +18,4 @@ CONFIG_CLASS = MixtralConfig
 HF_PREFIX = "Mixtral"
 TASK_CLASSES = {"causal_lm": MoeCausalLM}
 __all__ = ["MixtralConfig", "forward", "forward_hidden", "forward_with_router_logits", "init", "init_cache",
-           "param_axes", "param_specs", "convert", "TASK_CLASSES"]
+           "param_axes", "param_specs", "stack_layers", "unstack_layers", "convert", "TASK_CLASSES"]

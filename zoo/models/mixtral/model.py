@@ -29,6 +29,7 @@ from zoo.nn.dense import embed, gated_mlp, unembed
 from zoo.nn.moe import moe_spec, sparse_moe_block
 from zoo.nn.norms import rms_norm
 from zoo.nn.params import ParamSpec, init_params, logical_axes, normal, ones, stack_specs
+from zoo.nn.params import stack_layers as stack_trees, unstack_layers as unstack_trees
 from zoo.nn.rope import rope_cos_sin
 from zoo.nn.scan import Segment, plan_segments
 from zoo.sharding import constrain
@@ -85,6 +86,32 @@ def init(cfg: MixtralConfig, key: jax.Array) -> Params:
 
 def param_axes(cfg: MixtralConfig) -> Params:
     return logical_axes(param_specs(cfg))
+
+
+def stack_layers(layers: list[Params], cfg: MixtralConfig) -> Params:
+    """Per-layer list -> the scanned layout: common parts stacked over all layers, each
+    MLP kind over its own layers (``layers.moe``, ``layers.mlp``)."""
+    if len(layers) != cfg.num_hidden_layers:
+        raise ValueError(f"expected {cfg.num_hidden_layers} layers, got {len(layers)}")
+    mlp_keys = set(MLP_KEY.values())
+    out = stack_trees([{k: v for k, v in lp.items() if k not in mlp_keys} for lp in layers])
+    for kind in KINDS:
+        ids = layer_ids(cfg, kind)
+        if ids:
+            out[MLP_KEY[kind]] = stack_trees([layers[i][MLP_KEY[kind]] for i in ids])
+    return out
+
+
+def unstack_layers(stacked: Params, cfg: MixtralConfig) -> list[Params]:
+    """The scanned layout -> one dict per layer, each with its own kind's MLP."""
+    mlp_keys = set(MLP_KEY.values())
+    out = unstack_trees({k: v for k, v in stacked.items() if k not in mlp_keys}, cfg.num_hidden_layers)
+    for kind in KINDS:
+        ids = layer_ids(cfg, kind)
+        if ids:
+            for lp, mp in zip((out[i] for i in ids), unstack_trees(stacked[MLP_KEY[kind]], len(ids))):
+                lp[MLP_KEY[kind]] = mp
+    return out
 
 
 # ---------------------------------------------------------------- layers
@@ -233,4 +260,4 @@ def forward(params: Params, cfg: MixtralConfig, input_ids: jax.Array | None, *, 
 
 
 __all__ = ["forward", "forward_hidden", "forward_with_router_logits", "forward_hidden_with_router_logits", "init",
-           "init_cache", "param_axes", "param_specs", "layer_ids"]
+           "init_cache", "param_axes", "param_specs", "layer_ids", "stack_layers", "unstack_layers"]

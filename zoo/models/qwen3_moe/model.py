@@ -8,7 +8,9 @@ from zoo.models.mixtral.model import (
     init_cache,
     param_axes,
     param_specs,
+    stack_layers,
+    unstack_layers,
 )
 
 __all__ = ["forward", "forward_hidden", "forward_with_router_logits", "init", "init_cache", "param_axes",
-           "param_specs"]
+           "param_specs", "stack_layers", "unstack_layers"]
