@@ -39,6 +39,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2's logit soft-capping ``cap * tanh(x / cap)``; identity when ``cap`` is None."""
+    if cap is None:
+        return x
+    return jnp.tanh(x / cap) * cap
+
+
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     try:
         return ACTIVATIONS[name]
@@ -46,4 +53,4 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation '{name}'; known: {sorted(ACTIVATIONS)}") from None
 
 
-__all__ = ["ACTIVATIONS", "get_activation"]
+__all__ = ["ACTIVATIONS", "get_activation", "softcap"]
