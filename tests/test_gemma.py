@@ -26,6 +26,7 @@ def test_mqa_head_dim(tmp_path):
 def test_untied_gqa_bf16(tmp_path):
     cfg = dict(BASE, tie_word_embeddings=False, num_key_value_heads=2, head_dim=8, attention_bias=True)
     check_decoder_parity(tmp_path, "GemmaConfig", "GemmaForCausalLM", cfg, dtype="bfloat16", layouts=(True,),
+                         check_resave=False,  # the fp32 test covers it; a bf16 .to() also rounds HF's rope table
                          prepare=random_norms, check_cache=False)
 
 

@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "mixtral": "zoo.models.mixtral",
     "qwen3_moe": "zoo.models.qwen3_moe",
     "gemma": "zoo.models.gemma",
+    "gemma2": "zoo.models.gemma2",
 }
 
 
