@@ -24,6 +24,7 @@ FAMILIES: dict[str, str] = {
     "qwen3_moe": "zoo.models.qwen3_moe",
     "gemma": "zoo.models.gemma",
     "gemma2": "zoo.models.gemma2",
+    "gemma3_text": "zoo.models.gemma3",
 }
 
 
