@@ -44,11 +44,12 @@ def test_untied_gqa_bf16(tmp_path):
                          seq=10, prepare=random_norms, check_cache=False)
 
 
-@pytest.mark.parametrize("scan,cache", [(True, None), (True, "hybrid"), (False, "sliding_window")])
-def test_greedy_generation_past_the_window(tmp_path_factory, scan, cache):
+@pytest.mark.parametrize("scan,cache,beams", [(True, None, 1), (True, "hybrid", 1), (False, "sliding_window", 1),
+                                              (True, None, 2)])  # beams: per-kind cache stacks reordered
+def test_greedy_generation_past_the_window(tmp_path_factory, scan, cache, beams):
     hf, folder = _generation_model(tmp_path_factory)
     ids, mask = left_padded_batch(128, seq=7)
-    kw = dict(max_new_tokens=9, do_sample=False)
+    kw = dict(max_new_tokens=9, do_sample=False, num_beams=beams)
     with torch.no_grad():
         ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), **kw).numpy()
     model = AutoModelForCausalLM.from_pretrained(folder, scan_layers=scan)
