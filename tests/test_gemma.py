@@ -52,3 +52,16 @@ def test_sequence_classification(tmp_path):
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert_close_rel(model(ids, attention_mask=mask).logits, ref, 1e-4)
+
+
+def test_paged_serving_refuses_gemma():
+    """GemmaConfig subclasses LlamaConfig, but the paged decode step runs Llama's layer: refuse, not miscompute."""
+    import pytest
+
+    from zoo import AutoConfig
+    from zoo.generation.paged import check_supported
+
+    check_supported(AutoConfig.for_model("llama"))
+    for model_type in ("gemma", "gemma2", "gemma3_text"):
+        with pytest.raises(ValueError, match=model_type):
+            check_supported(AutoConfig.for_model(model_type))
