@@ -66,3 +66,16 @@ def _generation_model(tmp_path_factory):
         random_norms(hf)
         _MODELS["gen"] = hf, save_hf(hf, tmp_path_factory.mktemp("gemma2"))
     return _MODELS["gen"]
+
+
+def test_sharded_fsdp_tp(tmp_path_factory):
+    from zoo import make_mesh
+
+    hf, folder = _generation_model(tmp_path_factory)
+    ids, mask = left_padded_batch(128, batch=4, seq=10)
+    ref = AutoModelForCausalLM.from_pretrained(folder)(ids, attention_mask=mask).logits
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = AutoModelForCausalLM.from_pretrained(folder, mesh=mesh, rules="fsdp+tp")
+    up = model.params["layers"]["mlp"]["up_proj"]["kernel"]
+    assert len(up.addressable_shards[0].data.flatten()) < up.size  # really spread
+    np.testing.assert_allclose(model(ids, attention_mask=mask).logits, ref, rtol=1e-5, atol=1e-5)

@@ -87,3 +87,25 @@ def _generation_model(tmp_path_factory):
         random_norms(hf)
         _MODELS["gen"] = hf, save_hf(hf, tmp_path_factory.mktemp("gemma3"))
     return _MODELS["gen"]
+
+
+def test_loss_and_gradients_match_transformers(tmp_path_factory):
+    """Training through the scanned segments: loss and the gradients of q/k norms, a post-norm
+    and the (tied) embedding equal PyTorch's."""
+    hf, folder = _generation_model(tmp_path_factory)
+    ids = np.random.RandomState(1).randint(3, 128, (2, 10))
+    hf.zero_grad()
+    out = hf(torch.tensor(ids), labels=torch.tensor(ids))
+    out.loss.backward()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    loss, grads = jax.value_and_grad(lambda m: m(ids, labels=ids).loss)(model)
+    ref_loss = out.loss.item()
+    assert abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
+    layers = grads.params["layers"]
+    theirs = hf.model.layers
+    for i in (0, 2, 6):  # local, global, the last (tail segment) local
+        assert_close_rel(layers["self_attn"]["q_norm"]["scale"][i], theirs[i].self_attn.q_norm.weight.grad, 1e-4)
+        assert_close_rel(layers["self_attn"]["k_norm"]["scale"][i], theirs[i].self_attn.k_norm.weight.grad, 1e-4)
+        assert_close_rel(layers["post_feedforward_layernorm"]["scale"][i],
+                         theirs[i].post_feedforward_layernorm.weight.grad, 1e-4)
+    assert_close_rel(grads.params["embed_tokens"]["embedding"], hf.model.embed_tokens.weight.grad, 1e-4)
