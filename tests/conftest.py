@@ -66,9 +66,11 @@ def rng():
 
 
 def check_decoder_parity(tmp_path, config_cls: str, model_cls: str, config: dict, *, dtype: str = "float32",
-                         layouts=(True, False), seq: int = 9, check_resave: bool = True, check_cache: bool = True):
+                         layouts=(True, False), seq: int = 9, check_resave: bool = True, check_cache: bool = True,
+                         prepare=None):
     """Our logits == Transformers' on a left-padded batch, for each layer layout; our saved
-    checkpoint loads back into Transformers with the same logits; cached decoding agrees."""
+    checkpoint loads back into Transformers with the same logits; cached decoding agrees.
+    ``prepare(hf)`` may edit the torch model before it is saved (e.g. give norms non-trivial weights)."""
     import jax.numpy as jnp
     import torch
     import transformers
@@ -76,6 +78,8 @@ def check_decoder_parity(tmp_path, config_cls: str, model_cls: str, config: dict
     from zoo import AutoModelForCausalLM
 
     hf = make_hf_model(config_cls, model_cls, **config)
+    if prepare is not None:
+        prepare(hf)
     src = save_hf(hf, tmp_path / "hf")
     ids, mask = left_padded_batch(config["vocab_size"], seq=seq)
     valid = mask.astype(bool)

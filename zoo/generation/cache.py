@@ -69,6 +69,8 @@ def reorder_cache(cache: dict, rows: jax.Array) -> dict:
         buf = cache[name]
         if isinstance(buf, (list, tuple)):
             out[name] = [x[rows] for x in buf]
+        elif isinstance(buf, dict):  # stacked per layer kind (Gemma 2/3): {kind: [L_kind, B, ...]}
+            out[name] = {kind: x[:, rows] for kind, x in buf.items()}
         else:  # stacked layers: [L, B, ...]
             out[name] = buf[:, rows]
     for name in ("slot_index", "ring_slot_index"):

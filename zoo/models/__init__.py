@@ -22,6 +22,9 @@ FAMILIES: dict[str, str] = {
     "gpt_neox": "zoo.models.gpt_neox",
     "mixtral": "zoo.models.mixtral",
     "qwen3_moe": "zoo.models.qwen3_moe",
+    "gemma": "zoo.models.gemma",
+    "gemma2": "zoo.models.gemma2",
+    "gemma3_text": "zoo.models.gemma3",
 }
 
 

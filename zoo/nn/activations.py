@@ -51,6 +51,13 @@ def _in_float32(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], j
     return act
 
 
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2's logit soft-capping ``cap * tanh(x / cap)``; identity when ``cap`` is None."""
+    if cap is None:
+        return x
+    return jnp.tanh(x / cap) * cap
+
+
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     try:
         return _in_float32(ACTIVATIONS[name])
@@ -58,4 +65,4 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation '{name}'; known: {sorted(ACTIVATIONS)}") from None
 
 
-__all__ = ["ACTIVATIONS", "get_activation"]
+__all__ = ["ACTIVATIONS", "get_activation", "softcap"]

@@ -34,6 +34,13 @@ def embed(table: jax.Array, ids: jax.Array, dtype: Any) -> jax.Array:
     return jnp.take(table, ids, axis=0).astype(dtype)
 
 
+def scaled_embed(table: jax.Array, ids: jax.Array, scale: float, dtype: Any) -> jax.Array:
+    """Embeddings times ``scale`` (Gemma: sqrt(hidden)), multiplied in the table's dtype as
+    Transformers does: in bf16 the factor itself rounds (sqrt(3072) = 55.43 becomes 55.5)."""
+    rows = jnp.take(table, ids, axis=0)
+    return (rows * jnp.asarray(scale, table.dtype)).astype(dtype)
+
+
 def unembed(x: jax.Array, params: Mapping[str, Any], tie_word_embeddings: bool) -> jax.Array:
     """Logits from hidden states with a tied (embedding^T) or separate head."""
     if tie_word_embeddings:
