@@ -54,7 +54,10 @@ class PagedKV(NamedTuple):
 
 
 def check_supported(cfg: Any) -> None:
-    if not isinstance(cfg, LlamaConfig):
+    from zoo.models.llama import model as llama_model
+
+    # Families that subclass LlamaConfig but run their own layers (OLMo-2, Mixtral) do not qualify.
+    if not isinstance(cfg, LlamaConfig) or get_family(cfg.model_type).forward is not llama_model.forward:
         raise ValueError(
             f"the paged KV cache serves Llama-style decoders (llama, mistral, qwen2, qwen3); "
             f"model_type '{cfg.model_type}' is not one of them"

@@ -22,6 +22,7 @@ FAMILIES: dict[str, str] = {
     "gpt_neox": "zoo.models.gpt_neox",
     "mixtral": "zoo.models.mixtral",
     "qwen3_moe": "zoo.models.qwen3_moe",
+    "olmo2": "zoo.models.olmo2",
 }
 
 
