@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "mixtral": "zoo.models.mixtral",
     "qwen3_moe": "zoo.models.qwen3_moe",
     "olmo2": "zoo.models.olmo2",
+    "phi3": "zoo.models.phi3",
 }
 
 
