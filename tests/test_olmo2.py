@@ -62,3 +62,17 @@ def test_paged_cache_refuses_olmo2():
     cfg = AutoConfig.for_model("olmo2", **{k: v for k, v in BASE.items() if k != "initializer_range"})
     with pytest.raises(ValueError, match="olmo2"):
         init_pages(cfg, 4, 8)
+
+
+def test_tensor_parallel_mesh(tmp_path):
+    """q/k norms span every head, so with heads split over ``tensor`` the RMS needs all shards."""
+    from zoo import make_mesh
+
+    hf = make_hf_model("Olmo2Config", "Olmo2ForCausalLM", **dict(BASE, num_key_value_heads=2))
+    folder = save_hf(hf, tmp_path / "hf")
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = AutoModelForCausalLM.from_pretrained(folder, mesh=mesh, rules="fsdp+tp")
+    assert model.params["layers"]["self_attn"]["q_norm"]["scale"].sharding.spec[1] == "tensor"
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=4)
+    ref = AutoModelForCausalLM.from_pretrained(folder)(ids, attention_mask=mask).logits
+    assert_close_rel(model(ids, attention_mask=mask).logits, ref, 1e-5, mask.astype(bool))

@@ -111,3 +111,17 @@ def test_preset():
     cfg = AutoConfig.from_pretrained("phi3-mini")
     assert type(cfg).__name__ == "Phi3Config"
     assert (cfg.hidden_size, cfg.head_dim, cfg.sliding_window, cfg.layer_windows()[-1]) == (3072, 96, 2047, 2047)
+
+
+def test_tensor_parallel_mesh(tmp_path):
+    """The fused tensors are split before placement, so q/k/v and gate/up shard like Llama's."""
+    from zoo import make_mesh
+
+    hf = make_hf_model("Phi3Config", "Phi3ForCausalLM", **dict(BASE, num_key_value_heads=2))
+    folder = save_hf(hf, tmp_path / "hf")
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = AutoModelForCausalLM.from_pretrained(folder, mesh=mesh, rules="fsdp+tp")
+    assert "tensor" in model.params["layers"]["self_attn"]["k_proj"]["kernel"].sharding.spec
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=4)
+    ref = AutoModelForCausalLM.from_pretrained(folder)(ids, attention_mask=mask).logits
+    assert_close_rel(model(ids, attention_mask=mask).logits, ref, 1e-5, mask.astype(bool))
