@@ -61,6 +61,14 @@ def test_saved_checkpoint_is_fused(tmp_path):
         np.testing.assert_array_equal(ours.get(name), ref[name].numpy())
 
 
+def test_fused_rows_mismatch_is_named(tmp_path):
+    from zoo import CheckpointError
+
+    hf = make_hf_model("Phi3Config", "Phi3ForCausalLM", **BASE)
+    with pytest.raises(CheckpointError, match="fused tensor 'model.layers.0.self_attn.qkv_proj.weight' has 48 rows"):
+        AutoModelForCausalLM.from_pretrained(save_hf(hf, tmp_path / "hf"), num_key_value_heads=2)
+
+
 def test_greedy_generate_matches_transformers(tmp_path):
     hf = make_hf_model("Phi3Config", "Phi3ForCausalLM", **dict(BASE, sliding_window=4, **longrope(32)))
     folder = save_hf(hf, tmp_path / "hf")

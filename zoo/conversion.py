@@ -154,14 +154,14 @@ def load_params(
             missing.append(name)
             return None
         used.add(real)
-        w = reader.get(real)
-        if rule.rows is not None:
+        if rule.rows is None:
+            w = reader.get(real)
+        else:  # read just this slice of the fused tensor
             start, stop, total = rule.rows
-            if w.shape[0] != total:
-                raise CheckpointError(
-                    f"fused tensor '{real}' has {w.shape[0]} rows but the config implies {total}"
-                )
-            w = w[start:stop]
+            rows = reader.shape(real)[0]
+            if rows != total:
+                raise CheckpointError(f"fused tensor '{real}' has {rows} rows but the config implies {total}")
+            w = reader.get(real, (start, stop))
         want = rule.hf_shape(spec.shape)
         if tuple(w.shape) != tuple(want):
             raise CheckpointError(
