@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel, check_decoder_parity, left_padded_batch, make_hf_model, save_hf
+from conftest import (assert_close_rel, check_decoder_parity, left_padded_batch, make_hf_model, save_hf,
+                      torch_logits)
 
 from zoo import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -91,12 +92,16 @@ def test_sequence_classification(tmp_path):
 
 
 def test_old_rope_scaling_spelling(tmp_path):
-    """Phi-3-mini-128k's config.json: rope_scaling of type "su", rope_theta at the top level."""
-    hf = make_hf_model("Phi3Config", "Phi3ForCausalLM", **dict(BASE, **longrope(4)))
+    """Older config.json files: rope_scaling of type "su" (Phi-3-mini-128k), rope_theta and
+    partial_rotary_factor (Phi-4-mini) at the top level."""
+    cfg = dict(BASE, **longrope(4, rotary_dim=4))
+    cfg["rope_parameters"]["partial_rotary_factor"] = 0.5
+    hf = make_hf_model("Phi3Config", "Phi3ForCausalLM", **cfg)
     folder = save_hf(hf, tmp_path / "hf")
     data = json.loads(open(f"{folder}/config.json").read())
     rp = data.pop("rope_parameters")
     data["rope_theta"] = rp.pop("rope_theta")
+    data["partial_rotary_factor"] = rp.pop("partial_rotary_factor")
     data["rope_scaling"] = {"type": "su", "short_factor": rp["short_factor"], "long_factor": rp["long_factor"]}
     old = tmp_path / "old"
     old.mkdir()
@@ -106,6 +111,8 @@ def test_old_rope_scaling_spelling(tmp_path):
     a = AutoModelForCausalLM.from_pretrained(folder)(ids, attention_mask=mask).logits
     b = AutoModelForCausalLM.from_pretrained(old)(ids, attention_mask=mask).logits
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert AutoConfig.from_pretrained(old).rope.dim == 4
+    assert_close_rel(b, torch_logits(hf, ids, mask), 1e-4, mask.astype(bool))
 
 
 def test_bad_longrope_factors_are_named():
