@@ -46,6 +46,10 @@ class Rule:
     # Only these layers have the tensor (e.g. MoE vs dense MLP layers): the stacked param
     # holds just them, in order. None: every layer.
     only_layers: tuple[int, ...] | None = None
+    # One slice of a fused HF tensor (Phi-3's qkv_proj, gate_up_proj): rows [start, stop) of
+    # its first axis, which has ``total`` rows. Loading splits; saving concatenates the rules
+    # that name the same tensor, in row order, so the checkpoint stays fused.
+    rows: tuple[int, int, int] | None = None
 
     @property
     def per_layer(self) -> bool:
@@ -150,7 +154,14 @@ def load_params(
             missing.append(name)
             return None
         used.add(real)
-        w = reader.get(real)
+        if rule.rows is None:
+            w = reader.get(real)
+        else:  # read just this slice of the fused tensor
+            start, stop, total = rule.rows
+            rows = reader.shape(real)[0]
+            if rows != total:
+                raise CheckpointError(f"fused tensor '{real}' has {rows} rows but the config implies {total}")
+            w = reader.get(real, (start, stop))
         want = rule.hf_shape(spec.shape)
         if tuple(w.shape) != tuple(want):
             raise CheckpointError(
@@ -197,31 +208,58 @@ def load_params(
 def iter_hf_tensors(
     params: Any, rules: Sequence[Rule], *, num_layers: int, scan_layers: bool, dtype: Any = None
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (HF name, numpy array) for every param, one device transfer per param."""
+    """Yield (HF name, numpy array) for every param, one device transfer per param; the
+    slices of a fused tensor (``Rule.rows``) are concatenated back into one."""
+    for group in _fused_groups(rules):
+        streams = [_rule_tensors(params, r, num_layers=num_layers, scan_layers=scan_layers) for r in group]
+        for parts in zip(*streams):
+            name = parts[0][0]
+            arr = parts[0][1] if len(parts) == 1 else np.concatenate([a for _, a in parts], axis=0)
+            yield name, _cast(arr, dtype)
+
+
+def _fused_groups(rules: Sequence[Rule]) -> list[list[Rule]]:
+    """Rules grouped by HF name (first-seen order); a fused group is sorted by row and must
+    cover its tensor exactly."""
+    groups: dict[str, list[Rule]] = {}
     for rule in rules:
-        if not rule.per_layer:
-            arr = np.asarray(jax.device_get(_get(params, rule.path)))
-            yield from _save_one(rule, None, arr, dtype)
-            continue
-        ids = rule.layer_ids(num_layers)
-        if scan_layers:
-            stacked = np.asarray(jax.device_get(_get(params, rule.path)))
-            for j, i in enumerate(ids):
-                if i not in rule.skip_layers:
-                    yield from _save_one(rule, i, stacked[j], dtype)
-        else:
-            for i in [i for i in ids if i not in rule.skip_layers]:
-                arr = np.asarray(jax.device_get(_get(params["layers"][i], rule.path[1:])))
-                yield from _save_one(rule, i, arr, dtype)
+        groups.setdefault(rule.hf if rule.rows is not None else f"\0{id(rule)}", []).append(rule)
+    out = []
+    for group in groups.values():
+        if group[0].rows is not None:
+            group = sorted(group, key=lambda r: r.rows[0])
+            bounds = [0] + [b for r in group for b in r.rows[:2]] + [group[0].rows[2]]
+            if any(bounds[j] != bounds[j + 1] for j in range(0, len(bounds), 2)):
+                raise ValueError(f"the rules for fused tensor '{group[0].hf}' do not cover it exactly: "
+                                 f"{[r.rows for r in group]}")
+        out.append(group)
+    return out
 
 
-def _save_one(rule: Rule, layer: int | None, arr: np.ndarray, dtype: Any) -> Iterator[tuple[str, np.ndarray]]:
+def _rule_tensors(params: Any, rule: Rule, *, num_layers: int, scan_layers: bool
+                  ) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, HF-layout array) for one rule: once, or per layer, or per expert."""
+    if not rule.per_layer:
+        yield from _save_one(rule, None, np.asarray(jax.device_get(_get(params, rule.path))))
+        return
+    ids = rule.layer_ids(num_layers)
+    if scan_layers:
+        stacked = np.asarray(jax.device_get(_get(params, rule.path)))
+        for j, i in enumerate(ids):
+            if i not in rule.skip_layers:
+                yield from _save_one(rule, i, stacked[j])
+    else:
+        for i in [i for i in ids if i not in rule.skip_layers]:
+            yield from _save_one(rule, i, np.asarray(jax.device_get(_get(params["layers"][i], rule.path[1:]))))
+
+
+def _save_one(rule: Rule, layer: int | None, arr: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
     names = rule.names(layer)
     if not rule.stack:
-        yield names[0], _cast(rule.save(arr), dtype)
+        yield names[0], rule.save(arr)
         return
     for e, name in enumerate(names):
-        yield name, _cast(rule.save(arr[e]), dtype)
+        yield name, rule.save(arr[e])
 
 
 def _cast(arr: np.ndarray, dtype: Any) -> np.ndarray:

@@ -132,14 +132,22 @@ class SafetensorsFile:
     def dtype(self, name: str) -> np.dtype:
         return self._entries[name][0]
 
-    def get(self, name: str) -> np.ndarray:
-        """Read one tensor into a fresh host array.
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Read one tensor (or rows [start, stop) of its first axis) into a fresh host array.
 
         Plain reads rather than a memory map: mapped pages stay resident (and count
         in RSS) for as long as the file is open, which would hold a second copy of
-        the checkpoint while the first sits on the device.
+        the checkpoint while the first sits on the device. Rows of a row-major tensor
+        are one contiguous byte range, so a slice of a fused tensor reads only itself.
         """
         dtype, shape, begin, end = self._entries[name]
+        if rows is not None:
+            start, stop = rows
+            if not shape or not 0 <= start <= stop <= shape[0]:
+                raise CheckpointError(f"rows {start}:{stop} out of range for tensor '{name}' of shape {shape}")
+            row_bytes = (end - begin) // shape[0] if shape[0] else 0
+            begin, end = begin + start * row_bytes, begin + stop * row_bytes
+            shape = (stop - start, *shape[1:])
         buf = bytearray(end - begin)
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self._data_start + begin)
@@ -225,10 +233,10 @@ class CheckpointReader:
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
-    def get(self, name: str) -> np.ndarray:
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
         if name not in self._where:
             raise CheckpointError(f"tensor '{name}' not found in checkpoint {self.folder}")
-        return self._file(name).get(name)
+        return self._file(name).get(name, rows)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._file(name).shape(name)

@@ -56,7 +56,7 @@ class PagedKV(NamedTuple):
 def check_supported(cfg: Any) -> None:
     from zoo.models.llama import model as llama_model
 
-    # Configs that subclass LlamaConfig but run another decoder (Gemma, MoE) are not served here.
+    # Families that subclass LlamaConfig but run their own layers (Gemma, OLMo-2, MoE) do not qualify.
     if not isinstance(cfg, LlamaConfig) or get_family(cfg.model_type).forward is not llama_model.forward:
         raise ValueError(
             f"the paged KV cache serves Llama-style decoders (llama, mistral, qwen2, qwen3); "

@@ -25,6 +25,8 @@ FAMILIES: dict[str, str] = {
     "gemma": "zoo.models.gemma",
     "gemma2": "zoo.models.gemma2",
     "gemma3_text": "zoo.models.gemma3",
+    "olmo2": "zoo.models.olmo2",
+    "phi3": "zoo.models.phi3",
 }
 
 

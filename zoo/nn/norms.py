@@ -5,17 +5,19 @@ import jax
 import jax.numpy as jnp
 
 
-def rms_norm(scale: jax.Array, x: jax.Array, eps: float, *, offset: float = 0.0) -> jax.Array:
+def rms_norm(scale: jax.Array, x: jax.Array, eps: float, *, offset: float = 0.0,
+             scale_in_fp32: bool = False) -> jax.Array:
     """RMSNorm computed in fp32 and cast back, as Transformers does.
 
     ``offset=1.0`` gives Gemma's ``(1 + w)`` variant, whose checkpoints store w - 1.
-    The weight multiplies after the cast back to the input dtype (Llama semantics).
+    The weight multiplies after the cast back to the input dtype (Llama semantics), or
+    before it with ``scale_in_fp32`` (OLMo-2); Gemma's offset variant always does the latter.
     """
     dtype = x.dtype
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    if offset:
-        # Gemma multiplies in fp32 before casting back.
+    if offset or scale_in_fp32:
+        # Gemma and OLMo-2 multiply in fp32 before casting back.
         return (normed * (offset + scale.astype(jnp.float32))).astype(dtype)
     return scale.astype(dtype) * normed.astype(dtype)
 
