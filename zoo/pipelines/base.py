@@ -5,8 +5,8 @@ A task module subclasses :class:`Pipeline` and writes three small functions:
 ``preprocess(item, **params) -> [features]`` (one item may yield several chunks, e.g. long
 contexts), ``forward`` is inherited (features are padded to a length bucket and a batch
 bucket, so a new text length rarely means a new compile), and
-``postprocess(item, outputs, **params)`` turns the per-chunk arrays into Transformers'
-output dicts.
+``postprocess(item, outputs, **params)`` turns the per-chunk arrays (merged with that chunk's
+features) into Transformers' output dicts.
 """
 from __future__ import annotations
 
@@ -138,7 +138,9 @@ class Pipeline:
         outputs = self.forward(flat, **params)
         results, k = [], 0
         for item, chunks in zip(items, features):
-            results.append(self.postprocess(item, outputs[k: k + len(chunks)], **params))
+            # each chunk's outputs come with its features (ids, offsets...), which postprocess often needs
+            merged = [{**feature, **output} for feature, output in zip(chunks, outputs[k: k + len(chunks)])]
+            results.append(self.postprocess(item, merged, **params))
             k += len(chunks)
         return self.finish(results, single, params)
 

