@@ -99,3 +99,28 @@ def test_fill_mask_needs_a_mask(ckpt):
 
     with pytest.raises(ValueError, match="no mask_token"):
         zoo.pipeline("fill-mask", model=ckpt("mlm"))("no mask here")
+
+
+# ---------------------------------------------------------------- text-classification
+@pytest.mark.parametrize("name", ["cls", "cls1", "multi"])
+def test_text_classification_matches_transformers(ckpt, name):
+    import zoo
+
+    folder = ckpt(name)
+    ours, ref = zoo.pipeline("text-classification", model=folder), hf_pipeline("text-classification", folder)
+    pair = {"text": "A premise about Paris.", "text_pair": "A hypothesis."}
+    calls = [{}, {"top_k": None}, {"top_k": 2}, {"function_to_apply": "none"}, {"function_to_apply": "sigmoid"},
+             {"function_to_apply": "softmax", "top_k": None}]
+    for kwargs in calls:
+        for inputs in (TEXTS[0], TEXTS, pair, [pair, TEXTS[1]]):
+            assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{name} {kwargs} {inputs!r}")
+
+
+def test_sentiment_analysis_alias_and_init_top_k(ckpt):
+    import zoo
+
+    folder = ckpt("cls")
+    ours, ref = zoo.pipeline("sentiment-analysis", model=folder, top_k=2), hf_pipeline("sentiment-analysis", folder,
+                                                                                     top_k=2)
+    assert_same(ours(TEXTS[1]), ref(TEXTS[1]))
+    assert_same(ours(TEXTS), ref(TEXTS))
