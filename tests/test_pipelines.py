@@ -162,3 +162,24 @@ def test_token_classification_stride_windows(ckpt):
         ours(long_text, stride=4)
     with pytest.raises(ValueError, match="longer than the model's limit"):
         ours(long_text)
+
+
+# ---------------------------------------------------------------- zero-shot-classification
+def test_zero_shot_matches_transformers(ckpt):
+    import zoo
+
+    folder = ckpt("nli")
+    ours, ref = zoo.pipeline("zero-shot-classification", model=folder), hf_pipeline("zero-shot-classification", folder)
+    labels = ["travel", "cooking", "dancing", "politics"]
+    for kwargs in ({"candidate_labels": labels}, {"candidate_labels": labels, "multi_label": True},
+                   {"candidate_labels": "travel, cooking", "hypothesis_template": "This text is about {}"},
+                   {"candidate_labels": ["travel"]}):
+        for inputs in (TEXTS[0], TEXTS):
+            assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), str(kwargs))
+    assert_same(ours(TEXTS[1], labels), ref(TEXTS[1], labels))  # labels as the second argument
+    with pytest.raises(ValueError, match="has no"):
+        ours(TEXTS[0], labels, hypothesis_template="no slot")
+    with pytest.raises(ValueError, match="candidate_labels"):
+        ours(TEXTS[0])
+    with pytest.raises(ValueError, match="NLI model"):
+        zoo.pipeline("zero-shot-classification", model=ckpt("cls"))(TEXTS[0], labels)
