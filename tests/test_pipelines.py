@@ -183,3 +183,79 @@ def test_zero_shot_matches_transformers(ckpt):
         ours(TEXTS[0])
     with pytest.raises(ValueError, match="NLI model"):
         zoo.pipeline("zero-shot-classification", model=ckpt("cls"))(TEXTS[0], labels)
+
+
+# ---------------------------------------------------------------- question-answering
+QA_CONTEXT = ("The zoo keeps its models as plain functions of their weights. Jean-Baptiste built the first "
+              "pipeline in Montréal in 2026, and the llamas learned to count pages of the cache.")
+
+
+def reference_answers(folder: str, question: str, context: str, *, max_seq_len: int, doc_stride: int,
+                      max_answer_len: int = 15, top_k: int = 1, handle_impossible_answer: bool = False):
+    """Transformers 4's extractive rule written out by brute force over every span of every window,
+    on the PyTorch model's logits (Transformers 5 has no question-answering pipeline)."""
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+    enc = tok(question, context, truncation="only_second", max_length=max_seq_len, stride=doc_stride,
+              return_overflowing_tokens=True, return_offsets_mapping=True)
+    candidates, null = [], 1e6
+    for w in range(len(enc["input_ids"])):
+        ids = enc["input_ids"][w]
+        with torch.no_grad():
+            out = model(torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][w]]))
+        seq = enc.sequence_ids(w)
+        allowed = np.array([s == 1 or i == tok.cls_token_id for s, i in zip(seq, ids)])
+        p_start, p_end = (torch.where(torch.tensor(allowed), x[0], -10000.0).softmax(-1).numpy()
+                          for x in (out.start_logits, out.end_logits))
+        null = min(null, float(p_start[0] * p_end[0]))
+        words = enc.encodings[w]
+        for s in range(len(ids)):
+            for e in range(s, min(s + max_answer_len, len(ids))):
+                if seq[s] == 1 and seq[e] == 1:
+                    start = words.word_to_chars(words.token_to_word(s), sequence_index=1)[0]
+                    end = words.word_to_chars(words.token_to_word(e), sequence_index=1)[1]
+                    candidates.append({"score": float(p_start[s] * p_end[e]), "start": start, "end": end,
+                                       "answer": context[start:end]})
+    if handle_impossible_answer:
+        candidates.append({"score": null, "start": 0, "end": 0, "answer": ""})
+    best = sorted(candidates, key=lambda x: x["score"], reverse=True)[:top_k]
+    return best[0] if top_k == 1 else best
+
+
+def test_question_answering_matches_the_reference_rule(ckpt):
+    import zoo
+
+    folder = ckpt("qa")
+    qa = zoo.pipeline("question-answering", model=folder)
+    windows = dict(max_seq_len=24, doc_stride=8)
+    question = "Who built the first pipeline?"
+    for kwargs in ({}, {"top_k": 3}, {"max_answer_len": 2, "top_k": 2}, {"handle_impossible_answer": True}):
+        expected = reference_answers(folder, question, QA_CONTEXT, **windows, **kwargs)
+        assert_same(qa(question=question, context=QA_CONTEXT, **windows, **kwargs), expected, str(kwargs))
+    # the same example given as a dict, positionally, and in a batch
+    expected = reference_answers(folder, question, QA_CONTEXT, **windows)
+    assert_same(qa({"question": question, "context": QA_CONTEXT}, **windows), expected)
+    assert_same(qa(question, QA_CONTEXT, **windows), expected)
+    short = "Where do the llamas count pages?"
+    both = qa(question=[question, short], context=QA_CONTEXT, **windows)
+    assert_same(both, [expected, reference_answers(folder, short, QA_CONTEXT, **windows)])
+    # one window holding the whole context (the default sizes fit the model)
+    assert_same(qa(question=short, context=QA_CONTEXT[:80]),
+                reference_answers(folder, short, QA_CONTEXT[:80], max_seq_len=64, doc_stride=32))
+
+
+def test_question_answering_bad_input(ckpt):
+    import zoo
+
+    qa = zoo.pipeline("question-answering", model=ckpt("qa"))
+    with pytest.raises(ValueError, match="empty or non-string question"):
+        qa(question="", context=QA_CONTEXT)
+    with pytest.raises(ValueError, match="needs question"):
+        qa(context=QA_CONTEXT)
+    with pytest.raises(ValueError, match="max_answer_len"):
+        qa(question="Who?", context=QA_CONTEXT, max_answer_len=0)
+    with pytest.raises(ValueError, match="beyond the model's limit"):
+        qa(question="Who?", context=QA_CONTEXT, max_seq_len=128)
