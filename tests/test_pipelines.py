@@ -259,3 +259,46 @@ def test_question_answering_bad_input(ckpt):
         qa(question="Who?", context=QA_CONTEXT, max_answer_len=0)
     with pytest.raises(ValueError, match="beyond the model's limit"):
         qa(question="Who?", context=QA_CONTEXT, max_seq_len=128)
+
+
+# ---------------------------------------------------------------- text-generation
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    from tiny_chat import build_checkpoint
+
+    return str(build_checkpoint(tmp_path_factory.mktemp("chat")))
+
+
+def test_text_generation_matches_transformers(chat_folder):
+    import zoo
+
+    ours, ref = zoo.pipeline("text-generation", model=chat_folder), hf_pipeline("text-generation", chat_folder)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
+    prefill = chat + [{"role": "assistant", "content": "Once upon"}]
+    greedy = {"max_new_tokens": 6, "do_sample": False}
+    cases = [("Hello there, how", greedy), (["Hello there, how", "The zoo keeps"], greedy),
+             ("Hello there, how", {**greedy, "return_full_text": False}),
+             ("Hello there, how", {**greedy, "return_tensors": True}),
+             ("The zoo keeps", {"max_new_tokens": 5, "num_beams": 3, "num_return_sequences": 2,
+                                "do_sample": False}),
+             ("The zoo keeps", {**greedy, "repetition_penalty": 1.5, "max_new_tokens": 8}),
+             (chat, greedy), (prefill, greedy), ([chat, prefill], {**greedy, "return_full_text": False}),
+             (chat, {**greedy, "continue_final_message": True})]
+    for inputs, kwargs in cases:
+        assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{inputs!r} {kwargs}")
+
+
+def test_text_generation_sampling_and_bad_input(chat_folder):
+    import zoo
+
+    pipe = zoo.pipeline("text-generation", model=chat_folder, max_new_tokens=4)
+    first = pipe("Hello there", seed=1)  # the pipeline default samples (do_sample=True, temperature=0.7)
+    assert first == pipe("Hello there", seed=1) and first[0]["generated_text"].startswith("Hello there")
+    outs = pipe("Hello there", do_sample=True, num_return_sequences=3, seed=0)
+    assert len(outs) == 3 and all(set(o) == {"generated_text"} for o in outs)
+    with pytest.raises(ValueError, match="role"):
+        pipe([{"role": "user", "content": "hi"}, {"content": "no role"}])
+    with pytest.raises(TypeError, match="unknown arguments"):
+        pipe("Hello", not_a_generation_arg=1)
+    with pytest.raises(ValueError, match="longer than the model's limit"):
+        pipe("Hello there " * 400)
