@@ -88,15 +88,15 @@ def assert_same(ours, ref, path="out"):
 
 
 # ---------------------------------------------------------------- fill-mask
-@pytest.mark.parametrize("kwargs", [{}, {"top_k": 3}, {"targets": ["paris", "london", "city", "zzyzx"], "top_k": 3}])
-def test_fill_mask_matches_transformers(ckpt, kwargs):
+def test_fill_mask_matches_transformers(ckpt):
     import zoo
 
     folder = ckpt("mlm")
     ours, ref = zoo.pipeline("fill-mask", model=folder), hf_pipeline("fill-mask", folder)
     texts = ["The capital of France is [MASK].", "hello [MASK] world, [MASK] again"]
-    for inputs in (texts[0], texts, [texts[1]]):
-        assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs))
+    for kwargs in ({}, {"top_k": 3}, {"targets": ["paris", "london", "city", "zzyzx"], "top_k": 3}):
+        for inputs in (texts[0], texts, [texts[1]]):
+            assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{kwargs} {inputs!r}")
 
 
 def test_fill_mask_needs_a_mask(ckpt):
@@ -107,18 +107,19 @@ def test_fill_mask_needs_a_mask(ckpt):
 
 
 # ---------------------------------------------------------------- text-classification
-@pytest.mark.parametrize("name", ["cls", "cls1", "multi"])
-def test_text_classification_matches_transformers(ckpt, name):
+def test_text_classification_matches_transformers(ckpt):
     import zoo
 
-    folder = ckpt(name)
-    ours, ref = zoo.pipeline("text-classification", model=folder), hf_pipeline("text-classification", folder)
     pair = {"text": "A premise about Paris.", "text_pair": "A hypothesis."}
-    calls = [{}, {"top_k": None}, {"top_k": 2}, {"function_to_apply": "none"}, {"function_to_apply": "sigmoid"},
-             {"function_to_apply": "softmax", "top_k": None}]
-    for kwargs in calls:
-        for inputs in (TEXTS[0], TEXTS, pair, [pair, TEXTS[1]]):
-            assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{name} {kwargs} {inputs!r}")
+    every_call = [{}, {"top_k": None}, {"top_k": 2}, {"function_to_apply": "none"}, {"function_to_apply": "sigmoid"},
+                  {"function_to_apply": "softmax", "top_k": None}]
+    # three labels (softmax), one label (sigmoid), multi-label (sigmoid by problem_type)
+    for name, calls in (("cls", every_call), ("cls1", every_call[:2]), ("multi", every_call[:2])):
+        folder = ckpt(name)
+        ours, ref = zoo.pipeline("text-classification", model=folder), hf_pipeline("text-classification", folder)
+        for kwargs in calls:
+            for inputs in (TEXTS[0], TEXTS, pair, [pair, TEXTS[1]]):
+                assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{name} {kwargs} {inputs!r}")
 
 
 def test_sentiment_analysis_alias_and_init_top_k(ckpt):
@@ -135,18 +136,17 @@ def test_sentiment_analysis_alias_and_init_top_k(ckpt):
 NER_TEXTS = ["Jean-Baptiste lives in Montréal with Zoë", "hello world, unbelievably tokenized words"]
 
 
-@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
-def test_token_classification_matches_transformers(ckpt, strategy):
+def test_token_classification_matches_transformers(ckpt):
     import zoo
 
     folder = ckpt("ner")
     ours, ref = zoo.pipeline("ner", model=folder), hf_pipeline("token-classification", folder)
-    for kwargs in ({}, {"ignore_labels": []}, {"ignore_labels": ["O", "PER", "B-PER"]}):
-        kwargs = {"aggregation_strategy": strategy, **kwargs}
-        for inputs in (NER_TEXTS[0], NER_TEXTS):
-            out, expected = ours(inputs, **kwargs), ref(inputs, **kwargs)
-            assert_same(out, expected, f"{strategy} {kwargs}")
-    assert ref(NER_TEXTS[0], aggregation_strategy=strategy, ignore_labels=[])  # the comparison saw entities
+    for strategy in ("none", "simple", "first", "average", "max"):
+        for kwargs in ({}, {"ignore_labels": []}, {"ignore_labels": ["O", "PER", "B-PER"]}):
+            kwargs = {"aggregation_strategy": strategy, **kwargs}
+            for inputs in (NER_TEXTS[0], NER_TEXTS):
+                assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{strategy} {kwargs}")
+        assert ref(NER_TEXTS[0], aggregation_strategy=strategy, ignore_labels=[])  # the comparison saw entities
 
 
 def test_token_classification_stride_windows(ckpt):
@@ -302,3 +302,31 @@ def test_text_generation_sampling_and_bad_input(chat_folder):
         pipe("Hello", not_a_generation_arg=1)
     with pytest.raises(ValueError, match="longer than the model's limit"):
         pipe("Hello there " * 400)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_gets_clear_errors(ckpt):
+    import zoo
+
+    with pytest.raises(ValueError, match=r"unknown task 'summarization'; known tasks: .*fill-mask.*ner"):
+        zoo.pipeline("summarization", model=ckpt("cls"))
+    # a checkpoint or model object without the head the task needs
+    with pytest.raises(ValueError, match="ForSequenceClassification head.*BertForMaskedLM"):
+        zoo.pipeline("text-classification", model=ckpt("mlm"))
+    with pytest.raises(ValueError, match="ForQuestionAnswering head"):
+        zoo.pipeline("question-answering", model=ckpt("cls"))
+    body = zoo.AutoModel.from_pretrained(ckpt("mlm"))
+    with pytest.raises(ValueError, match="ForTokenClassification head"):
+        zoo.pipeline("ner", model=body, tokenizer=ckpt("mlm"))
+    classify = zoo.pipeline("text-classification", model=ckpt("cls"))
+    too_long = "word " * 100  # 102 tokens; the model's positions stop at 64
+    for pipe, kwargs in ((classify, {}), (zoo.pipeline("ner", model=ckpt("ner")), {}),
+                         (zoo.pipeline("fill-mask", model=ckpt("mlm")), {})):
+        with pytest.raises(ValueError, match="longer than the model's limit of 64; pass truncation=True"):
+            pipe(too_long + (pipe.tokenizer.mask_token or ""), **kwargs)
+    assert classify(too_long, truncation=True)[0]["label"] in {"LABEL_0", "LABEL_1", "LABEL_2"}
+    for empty in ("", [], ["fine", "  "]):
+        with pytest.raises(ValueError, match="empty"):
+            classify(empty)
+    with pytest.raises(TypeError, match="unknown arguments"):
+        classify("text", top_n=3)
