@@ -35,6 +35,36 @@ def bert_checkpoint(folder: Path, model_cls: str, seed: int = 0, model_max_lengt
     return str(folder)
 
 
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+
+
+def roberta_checkpoint(folder: Path, model_cls: str, seed: int = 0, **config) -> str:
+    """A RoBERTa-style byte-level BPE tokenizer (no '##' subword marker: Transformers' word
+    heuristics take their other path) and a random tiny RoBERTa."""
+    from tiny_chat import CORPUS
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=ROBERTA_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([CORPUS, *NER_TEXTS, *TEXTS] * 3, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
+                                                      add_prefix_space=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+        "cls_token": "<s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>",
+        "model_max_length": 512}))
+    cfg = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+               eos_token_id=2, initializer_range=0.3)
+    save_hf(make_hf_model("RobertaConfig", model_cls, seed=seed, **{**cfg, **config}), folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """Checkpoint folders built on first use and shared by the module's tests."""
@@ -51,13 +81,16 @@ def ckpt(tmp_path_factory):
                 dict(id2label={0: "contradiction", 1: "neutral", 2: "entailment"},
                      label2id={"contradiction": 0, "neutral": 1, "entailment": 2})),
         "qa": ("BertForQuestionAnswering", {}),
+        "roberta_ner": ("RobertaForTokenClassification", dict(id2label=NER_LABELS, seed=5)),
+        "roberta_mlm": ("RobertaForMaskedLM", {}),
     }
     built: dict[str, str] = {}
 
     def get(name: str) -> str:
         if name not in built:
             cls, cfg = specs[name]
-            built[name] = bert_checkpoint(root / name, cls, **cfg)
+            build = roberta_checkpoint if name.startswith("roberta") else bert_checkpoint
+            built[name] = build(root / name, cls, **cfg)
         return built[name]
 
     return get
@@ -147,6 +180,27 @@ def test_token_classification_matches_transformers(ckpt):
             for inputs in (NER_TEXTS[0], NER_TEXTS):
                 assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{strategy} {kwargs}")
         assert ref(NER_TEXTS[0], aggregation_strategy=strategy, ignore_labels=[])  # the comparison saw entities
+
+
+@pytest.mark.filterwarnings("ignore:Tokenizer does not support real words")
+def test_token_classification_byte_level_bpe(ckpt):
+    """Without a '##' marker a token continues a word when no space precedes it (Transformers' fallback)."""
+    import zoo
+
+    folder = ckpt("roberta_ner")
+    ours, ref = zoo.pipeline("ner", model=folder), hf_pipeline("token-classification", folder)
+    for strategy in ("none", "simple", "first", "average", "max"):
+        kwargs = {"aggregation_strategy": strategy, "ignore_labels": []}
+        assert_same(ours(NER_TEXTS, **kwargs), ref(NER_TEXTS, **kwargs), strategy)
+
+
+def test_fill_mask_byte_level_bpe(ckpt):
+    import zoo
+
+    folder = ckpt("roberta_mlm")
+    ours, ref = zoo.pipeline("fill-mask", model=folder), hf_pipeline("fill-mask", folder)
+    for inputs in ("The zoo keeps its<mask> as plain functions.", ["a small<mask> that", "<mask> cache<mask>"]):
+        assert_same(ours(inputs, top_k=4), ref(inputs, top_k=4))
 
 
 def test_token_classification_stride_windows(ckpt):
