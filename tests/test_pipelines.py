@@ -155,6 +155,24 @@ def test_text_classification_matches_transformers(ckpt):
                 assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{name} {kwargs} {inputs!r}")
 
 
+@pytest.mark.parametrize("pad_token_id", [0, None])
+def test_text_classification_decoder_model(chat_folder, tmp_path, pad_token_id):
+    """A Llama classifier reads its last non-pad token; padding must not move it."""
+    import zoo
+
+    folder = tmp_path / "llama_cls"
+    shutil.copytree(chat_folder, folder)
+    cfg = dict(vocab_size=zoo.AutoTokenizer.from_pretrained(chat_folder).vocab_size, hidden_size=32,
+               intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               num_labels=3, pad_token_id=pad_token_id, initializer_range=0.3)
+    save_hf(make_hf_model("LlamaConfig", "LlamaForSequenceClassification", **cfg), folder)
+    ours, ref = zoo.pipeline("text-classification", model=str(folder)), hf_pipeline("text-classification", str(folder))
+    for text in ("Hello there, how are you today?", "a small llama"):
+        assert_same(ours(text, top_k=None), ref(text, top_k=None))
+    assert_same(ours(["Hello there", "a small llama that learned"]), [ref("Hello there")[0],
+                                                                      ref("a small llama that learned")[0]])
+
+
 def test_sentiment_analysis_alias_and_init_top_k(ckpt):
     import zoo
 
