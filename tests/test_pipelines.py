@@ -154,6 +154,10 @@ def test_text_classification_matches_transformers(ckpt):
         for kwargs in calls:
             for inputs in (TEXTS[0], TEXTS, pair, [pair, TEXTS[1]]):
                 assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{name} {kwargs} {inputs!r}")
+    from transformers.pipelines.text_classification import ClassificationFunction
+
+    sigmoid = ClassificationFunction.SIGMOID  # Transformers' enum is accepted too
+    assert_same(ours(TEXTS[1], function_to_apply=sigmoid), ref(TEXTS[1], function_to_apply=sigmoid))
 
 
 @pytest.mark.parametrize("pad_token_id", [0, None])

@@ -73,7 +73,7 @@ class TextClassificationPipeline(Pipeline):
         function = params["function_to_apply"]
         if function is None:
             function = default_function(self.model.config)
-        function = str(function).lower()
+        function = str(getattr(function, "value", function)).lower()  # Transformers' enum or its name
         if function not in FUNCTIONS:
             raise ValueError(f"function_to_apply must be one of {FUNCTIONS}, got {params['function_to_apply']!r}")
         top_k = params["top_k"]
