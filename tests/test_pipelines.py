@@ -148,11 +148,13 @@ def test_text_classification_matches_transformers(ckpt):
     every_call = [{}, {"top_k": None}, {"top_k": 2}, {"function_to_apply": "none"}, {"function_to_apply": "sigmoid"},
                   {"function_to_apply": "softmax", "top_k": None}]
     # three labels (softmax), one label (sigmoid), multi-label (sigmoid by problem_type)
-    for name, calls in (("cls", every_call), ("cls1", every_call[:2]), ("multi", every_call[:2])):
+    every_input = (TEXTS[0], TEXTS, pair, [pair, TEXTS[1]])
+    for name, calls, inputs_list in (("cls", every_call, every_input), ("cls1", every_call[:2], [[pair, TEXTS[1]]]),
+                                     ("multi", every_call[:2], [[pair, TEXTS[1]]])):
         folder = ckpt(name)
         ours, ref = zoo.pipeline("text-classification", model=folder), hf_pipeline("text-classification", folder)
         for kwargs in calls:
-            for inputs in (TEXTS[0], TEXTS, pair, [pair, TEXTS[1]]):
+            for inputs in inputs_list:
                 assert_same(ours(inputs, **kwargs), ref(inputs, **kwargs), f"{name} {kwargs} {inputs!r}")
     from transformers.pipelines.text_classification import ClassificationFunction
 
