@@ -92,6 +92,7 @@ class Pipeline:
     defaults: ClassVar[Mapping[str, Any]] = {}
     output_keys: ClassVar[tuple[str, ...]] = ("logits",)
     token_outputs: ClassVar[tuple[str, ...]] = ()  # outputs with a sequence axis, cut to each text's length
+    default_batch_size: ClassVar[int] = 8  # what pipeline(..., batch_size=None) uses
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, **params: Any) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:

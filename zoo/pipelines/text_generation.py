@@ -6,8 +6,8 @@ sequence; for a chat ``generated_text`` is the conversation with the assistant's
 ``return_tensors=True`` the token ids. Every other keyword (``max_new_tokens``, ``do_sample``,
 ``num_beams``, ``num_return_sequences``, ``seed``...) goes to ``model.generate``; as in
 Transformers, what neither the call nor the checkpoint's ``generation_config.json`` sets defaults
-to ``max_new_tokens=256, do_sample=True, temperature=0.7``. Prompts are generated one at a
-time (no padding, so each result equals an unbatched ``generate``).
+to ``max_new_tokens=256, do_sample=True, temperature=0.7``. By default prompts are generated one
+at a time, as in Transformers; ``batch_size=N`` left-pads N prompts into one ``generate``.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def generation_fields() -> set[str]:
 class TextGenerationPipeline(Pipeline):
     task = "text-generation"
     head = "causal_lm"
+    default_batch_size = 1
     defaults = {"return_full_text": None, "return_tensors": None, "return_text": None,
                 "clean_up_tokenization_spaces": None, "prefix": None, "stop_sequence": None, "truncation": None,
                 "max_length": None, "continue_final_message": None, "skip_special_tokens": None,
@@ -127,24 +128,41 @@ class TextGenerationPipeline(Pipeline):
                                      **tokenizer_kwargs)["input_ids"])
         return [{"input_ids": ids}]
 
-    # ---- device: generate (one prompt at a time) ----
+    # ---- device: generate ----
     def forward(self, features: list[dict[str, Any]], **params: Any) -> list[dict[str, Any]]:
         kwargs = dict(params["_generate"])
         if "stop_strings" in kwargs:
             kwargs["tokenizer"] = self.tokenizer
         out = []
-        for feature in features:
-            ids = np.asarray([feature["input_ids"]], np.int32)
-            sequences = self.model.generate(ids, attention_mask=np.ones_like(ids), **kwargs)
-            sequences = getattr(sequences, "sequences", sequences)
-            out.append({"sequences": np.asarray(sequences)})
+        for start in range(0, len(features), self.batch_size):
+            out.extend(self._generate_batch(features[start: start + self.batch_size], kwargs))
         return out
+
+    def _generate_batch(self, feats: list[dict[str, Any]], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """Prompts left-padded to the longest (as Transformers batches them); each row gets its
+        sequences and the padded prompt length, where its new tokens start."""
+        width = max(len(f["input_ids"]) for f in feats)
+        pad = self.tokenizer.pad_token_id
+        if pad is None and len(feats) > 1:
+            raise ValueError("text-generation with batch_size > 1 pads prompts, but the tokenizer has no pad_token; "
+                             "set one or use batch_size=1")
+        ids = np.full((len(feats), width), 0 if pad is None else pad, np.int32)
+        mask = np.zeros_like(ids)
+        for i, f in enumerate(feats):
+            n = len(f["input_ids"])
+            ids[i, width - n:] = f["input_ids"]
+            mask[i, width - n:] = 1
+        sequences = self.model.generate(ids, attention_mask=mask, **kwargs)
+        sequences = np.asarray(getattr(sequences, "sequences", sequences))
+        per_prompt = sequences.shape[0] // len(feats)
+        return [{"sequences": sequences[i * per_prompt: (i + 1) * per_prompt], "prompt_length": width}
+                for i in range(len(feats))]
 
     # ---- host: ids -> Transformers' records ----
     def postprocess(self, item: Any, outputs: list[Mapping[str, Any]], *, _output: str = "full_text",
                     skip_special_tokens: bool | None = None, clean_up_tokenization_spaces: bool | None = None,
                     continue_final_message: bool | None = None, **_: Any) -> list[dict[str, Any]]:
-        prompt_len = len(outputs[0]["input_ids"])
+        prompt_len = outputs[0]["prompt_length"]
         skip = True if skip_special_tokens is None else skip_special_tokens
         records = []
         for sequence in outputs[0]["sequences"].tolist():
