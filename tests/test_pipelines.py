@@ -174,10 +174,10 @@ def test_text_classification_decoder_model(chat_folder, tmp_path, pad_token_id):
                num_labels=3, pad_token_id=pad_token_id, initializer_range=0.3)
     save_hf(make_hf_model("LlamaConfig", "LlamaForSequenceClassification", **cfg), folder)
     ours, ref = zoo.pipeline("text-classification", model=str(folder)), hf_pipeline("text-classification", str(folder))
-    for text in ("Hello there, how are you today?", "a small llama"):
+    texts = ["Hello there, how are you today?", "a small llama"]
+    for text in texts:
         assert_same(ours(text, top_k=None), ref(text, top_k=None))
-    assert_same(ours(["Hello there", "a small llama that learned"]), [ref("Hello there")[0],
-                                                                      ref("a small llama that learned")[0]])
+    assert_same(ours(texts), [ref(text)[0] for text in texts])  # a padded batch (or unpadded rows without a pad id)
 
 
 def test_sentiment_analysis_alias_and_init_top_k(ckpt):
@@ -375,10 +375,11 @@ def test_text_generation_sampling_and_bad_input(chat_folder):
     import zoo
 
     pipe = zoo.pipeline("text-generation", model=chat_folder, max_new_tokens=4)
-    first = pipe("Hello there", seed=1)  # the pipeline default samples (do_sample=True, temperature=0.7)
-    assert first == pipe("Hello there", seed=1) and first[0]["generated_text"].startswith("Hello there")
-    outs = pipe("Hello there", do_sample=True, num_return_sequences=3, seed=0)
-    assert len(outs) == 3 and all(set(o) == {"generated_text"} for o in outs)
+    # the pipeline default samples (do_sample=True, temperature=0.7); the seed fixes the draw
+    first = pipe("Hello there", seed=1, num_return_sequences=3)
+    assert first == pipe("Hello there", seed=1, num_return_sequences=3)
+    assert len(first) == 3 and all(list(o) == ["generated_text"] and o["generated_text"].startswith("Hello there")
+                                   for o in first)
     with pytest.raises(ValueError, match="role"):
         pipe([{"role": "user", "content": "hi"}, {"content": "no role"}])
     with pytest.raises(TypeError, match="unknown arguments"):
