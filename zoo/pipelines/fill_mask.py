@@ -56,7 +56,7 @@ class FillMaskPipeline(Pipeline):
         return [enc]
 
     def postprocess(self, item: str, outputs: list[Mapping[str, np.ndarray]], *, top_k: int = 5,
-                    target_ids: np.ndarray | None = None, features: Any = None, **_: Any) -> Any:
+                    target_ids: np.ndarray | None = None, **_: Any) -> Any:
         input_ids = np.asarray(outputs[0]["input_ids"])
         if target_ids is not None and target_ids.shape[0] < top_k:
             top_k = target_ids.shape[0]
