@@ -36,7 +36,7 @@ def pipeline_class(task: str) -> type[Pipeline]:
     return getattr(importlib.import_module(f"zoo.pipelines.{module}"), cls)
 
 
-def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, batch_size: int = 8,
+def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, batch_size: int | None = None,
              model_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Pipeline:
     """Build the pipeline for ``task``.
 
@@ -54,6 +54,7 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, batch_size:
         source = resolve_folder(model)
     model, tokenizer = load(cls.task, cls.head, model, tokenizer, model_kwargs)
     extra = {"source": source} if cls.task == "sentence-embedding" else {}
+    batch_size = cls.default_batch_size if batch_size is None else batch_size
     return cls(model, tokenizer, batch_size=batch_size, **extra, **kwargs)
 
 

@@ -5,8 +5,8 @@ A task module subclasses :class:`Pipeline` and writes three small functions:
 ``preprocess(item, **params) -> [features]`` (one item may yield several chunks, e.g. long
 contexts), ``forward`` is inherited (features are padded to a length bucket and a batch
 bucket, so a new text length rarely means a new compile), and
-``postprocess(item, outputs, **params)`` turns the per-chunk arrays into Transformers'
-output dicts.
+``postprocess(item, outputs, **params)`` turns the per-chunk arrays (merged with that chunk's
+features) into Transformers' output dicts.
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ class Pipeline:
     defaults: ClassVar[Mapping[str, Any]] = {}
     output_keys: ClassVar[tuple[str, ...]] = ("logits",)
     token_outputs: ClassVar[tuple[str, ...]] = ()  # outputs with a sequence axis, cut to each text's length
+    default_batch_size: ClassVar[int] = 8  # what pipeline(..., batch_size=None) uses
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, **params: Any) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -138,7 +139,9 @@ class Pipeline:
         outputs = self.forward(flat, **params)
         results, k = [], 0
         for item, chunks in zip(items, features):
-            results.append(self.postprocess(item, outputs[k: k + len(chunks)], **params))
+            # each chunk's outputs come with its features (ids, offsets...), which postprocess often needs
+            merged = [{**feature, **output} for feature, output in zip(chunks, outputs[k: k + len(chunks)])]
+            results.append(self.postprocess(item, merged, **params))
             k += len(chunks)
         return self.finish(results, single, params)
 
@@ -196,10 +199,18 @@ class Pipeline:
 
     def _run_batch(self, feats: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
         lengths = [len(f["input_ids"]) for f in feats]
-        t = length_bucket(max(lengths), self.limit)
-        b = batch_bucket(len(feats), self.batch_size)
         pad = self.tokenizer.pad_token_id
         pad = 0 if pad is None else pad
+        if is_decoder_classifier(self.model):
+            # a decoder classifier reads the last token that is not its config's pad id, so padding
+            # must use that id; without one, only unpadded rows give the right token
+            from zoo.tasks import _pad_id
+
+            pad = _pad_id(self.model.config)
+            if pad is None:
+                return [row for f in feats for row in self._run_exact(f)]
+        t = length_bucket(max(lengths), self.limit)
+        b = batch_bucket(len(feats), self.batch_size)
         ids = np.full((b, t), pad, np.int32)
         mask = np.zeros((b, t), np.int32)
         mask[len(feats):, 0] = 1  # filler rows see one token, so nothing divides by zero
@@ -219,6 +230,20 @@ class Pipeline:
         for i, n in enumerate(lengths):
             rows.append({k: v[i, :n] if k in self.token_outputs else v[i] for k, v in arrays.items()})
         return rows
+
+
+    def _run_exact(self, feature: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        """One row at its own length (no padding)."""
+        ids = np.asarray([feature["input_ids"]], np.int32)
+        result = self.model(ids, attention_mask=np.ones_like(ids))
+        arrays = {k: np.asarray(getattr(result, k), np.float32) for k in self.output_keys}
+        return [{k: v[0] for k, v in arrays.items()}]
+
+
+def is_decoder_classifier(model: Any) -> bool:
+    from zoo.tasks import DecoderForSequenceClassification
+
+    return isinstance(model, DecoderForSequenceClassification)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
