@@ -270,7 +270,7 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
         cur = min(int(state.cur_len), total)
         if not stepwise:
             break
-        toks = np.asarray(state.tokens[:, :cur])
+        toks = np.asarray(state.tokens)[:, :cur]
         if matcher is not None:
             hit = matcher(toks[:, bucket:])
             state = state._replace(finished=state.finished | jnp.asarray(hit))
