@@ -260,7 +260,7 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
     stepwise = streamer is not None or matcher is not None
     if streamer is not None:
         if b != 1:
-            raise ValueError("streaming supports batch size 1")
+            raise ValueError(f"streaming supports batch size 1, got a batch of {b}")
         streamer.put(ids[0])
     emitted = bucket
     while True:

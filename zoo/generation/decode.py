@@ -249,6 +249,8 @@ def generate(
     """
     gen = _resolve_config(model, generation_config, kwargs)
     ids, mask = prepare_inputs(input_ids, attention_mask)
+    if not isinstance(stream_chunk_size, int) or stream_chunk_size < 1:
+        raise ValueError(f"stream_chunk_size must be a positive integer, got {stream_chunk_size!r}")
     check_token_ids(ids, mask, getattr(model.config, "vocab_size", None))
     if gen.do_sample and gen.temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {gen.temperature}")
@@ -265,6 +267,10 @@ def generate(
                                  chunk=stream_chunk_size)
     if gen.num_beams > 1:
         from zoo.generation.beam import beam_search
+
+        if streamer is not None:
+            raise ValueError("streamer cannot be used with beam search (num_beams > 1): the best beam is only "
+                             "known at the end; use greedy, sampling or assisted decoding to stream")
 
         return beam_search(model, gen, ids, mask, key=key, logits_processor=tuple(logits_processor))
     if gen.num_return_sequences > 1:
@@ -295,7 +301,7 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
     emitted = bucket
     if streamer is not None:
         if b != 1:
-            raise ValueError("streaming supports batch size 1")
+            raise ValueError(f"streaming supports batch size 1, got a batch of {b}")
         streamer.put(ids[0])  # Transformers' streamers receive the prompt first (and may skip it)
     while True:
         stop_at = min(int(state.cur_len) + chunk, total) if stepwise else total
