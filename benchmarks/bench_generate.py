@@ -111,7 +111,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ours.generate(first_ids, max_new_tokens=1, **kw)
     first_token_s = time.perf_counter() - t0
-    print(f"zoo first call (compile + first token), batch 1: {first_token_s:.1f} s")
+    print(f"zoo first call (compile + first token), batch 1: {first_token_s:.1f} s", flush=True)
 
     same = np.array_equal(zoo_run(first_ids, 16)(), hf_run(first_ids, 16)().numpy())
     print(f"zoo and transformers greedy tokens identical (batch 1, 16 new): {same}")
@@ -120,7 +120,8 @@ def main() -> None:
     if not args.skip_static:
         engines.append(("transformers static cache",
                         lambda ids, new: hf_run(ids, new, cache_implementation="static")))
-    rows = []
+    print(f"\nprompt {args.prompt}, {args.new} new tokens, greedy, best of {args.reps}")
+    print("batch | engine                       |   time    | tokens/s | vs HF  | steps/s | of roofline", flush=True)
     for b in args.batch:
         ids = rng.randint(3, config["vocab_size"], (b, args.prompt))
         results = {}
@@ -132,10 +133,8 @@ def main() -> None:
         base = results["transformers eager"][1]
         for name, (full, tps, steps) in results.items():
             roof = f"{steps / roofline_steps:6.1%}" if b == 1 else "     -"
-            rows.append(f"{b:>5} | {name:<28} | {full:7.2f} s | {tps:8.1f} | {tps / base:5.2f}x | {steps:7.1f} | {roof}")
-    print(f"\nprompt {args.prompt}, {args.new} new tokens, greedy, best of {args.reps}")
-    print("batch | engine                       |   time    | tokens/s | vs HF  | steps/s | of roofline")
-    print("\n".join(rows))
+            print(f"{b:>5} | {name:<28} | {full:7.2f} s | {tps:8.1f} | {tps / base:5.2f}x | {steps:7.1f} | {roof}",
+                  flush=True)
 
 
 if __name__ == "__main__":
