@@ -128,11 +128,12 @@ def main() -> None:
         for name, make in engines:
             full = best_time(make(ids, args.new), args.reps)
             one = best_time(make(ids, 1), args.reps)
-            steps = (args.new - 1) / max(full - one, 1e-9)
+            # other load on the machine can make the 1-token run slower than the full one: report n/a then
+            steps = (args.new - 1) / (full - one) if full > one else float("nan")
             results[name] = (full, b * args.new / full, steps)
         base = results["transformers eager"][1]
         for name, (full, tps, steps) in results.items():
-            roof = f"{steps / roofline_steps:6.1%}" if b == 1 else "     -"
+            roof = f"{steps / roofline_steps:6.1%}" if b == 1 and steps == steps else "     -"
             print(f"{b:>5} | {name:<28} | {full:7.2f} s | {tps:8.1f} | {tps / base:5.2f}x | {steps:7.1f} | {roof}",
                   flush=True)
 
