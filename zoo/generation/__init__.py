@@ -55,3 +55,12 @@ __all__ = [
 from zoo.generation.decode import GenerateOutput, generate  # noqa: E402  (loops build on the pieces above)
 
 __all__ += ["GenerateOutput", "generate"]
+
+from zoo.generation.streamers import (  # noqa: E402
+    AsyncTextIteratorStreamer,
+    BaseStreamer,
+    TextIteratorStreamer,
+    TextStreamer,
+)
+
+__all__ += ["AsyncTextIteratorStreamer", "BaseStreamer", "TextIteratorStreamer", "TextStreamer"]

@@ -260,7 +260,7 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
     stepwise = streamer is not None or matcher is not None
     if streamer is not None:
         if b != 1:
-            raise ValueError("streaming supports batch size 1")
+            raise ValueError(f"streaming supports batch size 1, got a batch of {b}")
         streamer.put(ids[0])
     emitted = bucket
     while True:
@@ -270,7 +270,7 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
         cur = min(int(state.cur_len), total)
         if not stepwise:
             break
-        toks = np.asarray(state.tokens[:, :cur])
+        toks = np.asarray(state.tokens)[:, :cur]
         if matcher is not None:
             hit = matcher(toks[:, bucket:])
             state = state._replace(finished=state.finished | jnp.asarray(hit))

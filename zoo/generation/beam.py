@@ -173,7 +173,7 @@ beam_loop_fn = jax.jit(_beam_loop, static_argnames=("gen", "prompt_len", "proces
 def beam_search(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: np.ndarray, *, key: jax.Array,
                 logits_processor: tuple = ()) -> Any:
     """Beam search (or beam sampling with ``do_sample``) over a prepared, unpadded batch."""
-    from zoo.generation.decode import GenerateOutput, bucket_length, left_pad
+    from zoo.generation.decode import GenerateOutput, _per_step, bucket_length, left_pad
 
     nb = gen.num_beams
     if gen.num_return_sequences > nb:
@@ -196,7 +196,7 @@ def beam_search(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: np.nda
         return out
     seq_scores = np.asarray(state.seq_scores[:, :n]).reshape(-1)
     steps = int(state.cur_len) - bucket
-    scores = tuple(np.asarray(state.scores[:, i]) for i in range(steps)) if gen.output_scores else None
+    scores = _per_step(state.scores, steps) if gen.output_scores else None
     return GenerateOutput(sequences=out, scores=scores, sequences_scores=seq_scores if gen.output_scores else None)
 
 

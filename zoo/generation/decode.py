@@ -106,6 +106,19 @@ def prepare_inputs(input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.
     return ids.astype(np.int32), mask.astype(np.int32)
 
 
+def check_token_ids(ids: np.ndarray, mask: np.ndarray, vocab_size: int | None) -> None:
+    """Attended prompt tokens must be valid vocabulary ids (an embedding lookup would silently clamp them)."""
+    if vocab_size is None:
+        return
+    bad = (mask != 0) & ((ids < 0) | (ids >= vocab_size))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(
+            f"input_ids holds token id {int(ids[row, col])} at [{row}, {col}], outside the model's vocabulary "
+            f"[0, {vocab_size}); {int(bad.sum())} such id(s) in all"
+        )
+
+
 def context_limit(cfg: Any) -> int | None:
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
@@ -236,6 +249,9 @@ def generate(
     """
     gen = _resolve_config(model, generation_config, kwargs)
     ids, mask = prepare_inputs(input_ids, attention_mask)
+    if not isinstance(stream_chunk_size, int) or stream_chunk_size < 1:
+        raise ValueError(f"stream_chunk_size must be a positive integer, got {stream_chunk_size!r}")
+    check_token_ids(ids, mask, getattr(model.config, "vocab_size", None))
     if gen.do_sample and gen.temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {gen.temperature}")
     check_implementation(gen.cache_implementation)
@@ -251,6 +267,10 @@ def generate(
                                  chunk=stream_chunk_size)
     if gen.num_beams > 1:
         from zoo.generation.beam import beam_search
+
+        if streamer is not None:
+            raise ValueError("streamer cannot be used with beam search (num_beams > 1): the best beam is only "
+                             "known at the end; use greedy, sampling or assisted decoding to stream")
 
         return beam_search(model, gen, ids, mask, key=key, logits_processor=tuple(logits_processor))
     if gen.num_return_sequences > 1:
@@ -281,7 +301,7 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
     emitted = bucket
     if streamer is not None:
         if b != 1:
-            raise ValueError("streaming supports batch size 1")
+            raise ValueError(f"streaming supports batch size 1, got a batch of {b}")
         streamer.put(ids[0])  # Transformers' streamers receive the prompt first (and may skip it)
     while True:
         stop_at = min(int(state.cur_len) + chunk, total) if stepwise else total
@@ -289,7 +309,7 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
         if not stepwise:
             break
         cur = int(state.cur_len)
-        toks = np.asarray(state.tokens[:, :cur])
+        toks = np.asarray(state.tokens)[:, :cur]  # slice on the host: a device slice compiles per length
         if matcher is not None:
             # rows whose text now holds a stop string are finished, as with Transformers' StopStringCriteria
             hit = matcher(toks[:, bucket:])
@@ -304,15 +324,21 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
     if streamer is not None:
         streamer.end()
     cur = int(state.cur_len)
-    sequences = np.asarray(state.tokens[:, bucket - t: cur])
+    sequences = np.asarray(state.tokens)[:, bucket - t: cur]
     if matcher is not None:
         sequences = _cut_at_stop_strings(sequences, t, matcher, pad_id)
     if not gen.return_dict_in_generate:
         return sequences
     n = sequences.shape[1] - t
-    scores = tuple(np.asarray(state.scores[:, i]) for i in range(n)) if gen.output_scores else None
-    logits = tuple(np.asarray(state.logits[:, i]) for i in range(n)) if gen.output_logits else None
+    scores = _per_step(state.scores, n) if gen.output_scores else None
+    logits = _per_step(state.logits, n) if gen.output_logits else None
     return GenerateOutput(sequences=sequences, scores=scores, logits=logits)
+
+
+def _per_step(buf: jax.Array, n: int) -> tuple[np.ndarray, ...]:
+    """Transformers' per-step tuple from a ``[B, max_new, V]`` buffer (copied to the host once)."""
+    host = np.asarray(buf)
+    return tuple(host[:, i] for i in range(n))
 
 
 def _cut_at_stop_strings(seqs: np.ndarray, prompt_len: int, matcher: StopStringMatcher, pad: int) -> np.ndarray:
