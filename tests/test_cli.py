@@ -28,8 +28,8 @@ def zoo_env(cache: Path | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ZOO_DEBUG", "ZOO_COMPILE_CACHE")}
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", PYTHONIOENCODING="utf-8", JAX_PLATFORMS="cpu",
                ZOO_COMPILE_STATS="1")
-    if cache is not None:
-        env["ZOO_COMPILE_CACHE"] = str(cache)
+    # never the user's own cache folder: a test's cache, or none
+    env["ZOO_COMPILE_CACHE"] = str(cache) if cache is not None else "off"
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
 
@@ -123,9 +123,13 @@ def test_hub_repo_without_network_is_a_one_line_error(tmp_path):
 
 
 # ---------------------------------------------------------------- generate and the compile cache
-def test_generate_matches_model_and_second_run_compiles_nothing(tiny_chat_dir, oracle, tmp_path):
-    cache = tmp_path / "cache"
-    args = ("generate", "--model", str(tiny_chat_dir), "Hello there, how are you", "--max-new-tokens", "10")
+PROMPT = "Hello there, how are you"
+GEN_FLAGS = ("--max-new-tokens", "10")
+
+
+def test_generate_matches_model_and_second_run_compiles_nothing(tiny_chat_dir, oracle, cache_dir):
+    cache = cache_dir  # fresh: this is the module's first JAX command
+    args = ("generate", "--model", str(tiny_chat_dir), PROMPT, *GEN_FLAGS)
     t0 = time.perf_counter()
     cold = zoo(*args, env=zoo_env(cache))
     TIMINGS["cold"] = time.perf_counter() - t0
@@ -134,7 +138,7 @@ def test_generate_matches_model_and_second_run_compiles_nothing(tiny_chat_dir, o
     warm = zoo(*args, env=zoo_env(cache))
     TIMINGS["warm"] = time.perf_counter() - t0
     assert warm.returncode == 0, err(warm)
-    ids = oracle[1]("Hello there, how are you")["input_ids"]
+    ids = oracle[1](PROMPT)["input_ids"]
     expected = greedy_text(oracle, ids, 10) + "\n"
     assert out(cold) == expected and out(warm) == expected
     cold_hits, cold_misses = compile_stats(cold)
@@ -148,12 +152,23 @@ def test_generate_matches_model_and_second_run_compiles_nothing(tiny_chat_dir, o
     n_files = sum(1 for p in cache.rglob("*") if p.is_file())
     assert f"compile cache: {cache} ({n_files} entries, " in env_out and "KiB" in env_out
     assert "jax " in env_out and "attention implementations here: xla" in env_out
-    # off means off: nothing is written
-    off = tmp_path / "off"
-    proc = zoo(*args, "--compile-cache", str(off), "--no-compile-cache", env=zoo_env(cache))
-    assert proc.returncode == 0 and out(proc) == expected and not off.exists()
-    assert "compile cache: off" in out(zoo("env", "--no-compile-cache"))
-    assert f"compile cache: {off} (empty" in out(zoo("env", "--compile-cache", str(off)))
+
+
+def test_compile_cache_folder_choice(tmp_path, monkeypatch):
+    """--no-compile-cache > --compile-cache DIR > $ZOO_COMPILE_CACHE > the user's cache folder."""
+    from zoo.cli.cache import default_cache_dir, describe_cache, resolve_cache_dir
+
+    monkeypatch.delenv("ZOO_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir() == default_cache_dir() == tmp_path / "xdg" / "zoo" / "jax"
+    monkeypatch.setenv("ZOO_COMPILE_CACHE", str(tmp_path / "env"))
+    assert resolve_cache_dir() == tmp_path / "env"
+    assert resolve_cache_dir(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert resolve_cache_dir(str(tmp_path / "flag"), disabled=True) is None
+    monkeypatch.setenv("ZOO_COMPILE_CACHE", "off")
+    assert resolve_cache_dir() is None and describe_cache() == "compile cache: off"
+    assert describe_cache(str(tmp_path / "new")) == f"compile cache: {tmp_path / 'new'} (empty, created on first use)"
+    assert not (tmp_path / "new").exists()
 
 
 # ---------------------------------------------------------------- convert
@@ -175,10 +190,9 @@ def test_convert_hf_orbax_hf_round_trip(tiny_chat_dir, oracle, tmp_path, cache_d
         back = transformers.LlamaForCausalLM.from_pretrained(str(hf_dir)).eval()(ids).logits
     np.testing.assert_array_equal(back.numpy(), ref.numpy())
     # the orbax folder is a model folder: generate reads it and says the same
-    prompt = "Tell me a story"
-    proc = zoo("generate", "--model", str(orbax_dir), prompt, "--max-new-tokens", "6", env=zoo_env(cache_dir))
+    proc = zoo("generate", "--model", str(orbax_dir), PROMPT, *GEN_FLAGS, env=zoo_env(cache_dir))
     assert proc.returncode == 0, err(proc)
-    assert out(proc) == greedy_text(oracle, oracle[1](prompt)["input_ids"], 6) + "\n"
+    assert out(proc) == greedy_text(oracle, oracle[1](PROMPT)["input_ids"], 10) + "\n"
     # refusing to overwrite is a one-line error
     assert_one_line_error(zoo("convert", str(tiny_chat_dir), str(orbax_dir), env=zoo_env(cache_dir)), "convert",
                           "exists and is not empty")
@@ -188,13 +202,13 @@ def test_convert_hf_orbax_hf_round_trip(tiny_chat_dir, oracle, tmp_path, cache_d
 def test_chat_through_stdin_with_clear_and_exit(tiny_chat_dir, oracle, cache_dir):
     model, tok = oracle
     script = "Hello there\nTell me a story\n/clear\nHello there\n/exit\nnever read\n"
-    proc = zoo("chat", "--model", str(tiny_chat_dir), "--max-new-tokens", "8", stdin=script,
+    proc = zoo("chat", "--model", str(tiny_chat_dir), *GEN_FLAGS, stdin=script,
                env=zoo_env(cache_dir))
     assert proc.returncode == 0, err(proc)
 
     def answer(history):
         ids = [int(t) for t in tok.apply_chat_template(history, add_generation_prompt=True, return_dict=False)]
-        return greedy_text(oracle, ids, 8)
+        return greedy_text(oracle, ids, 10)
 
     a1 = answer([{"role": "user", "content": "Hello there"}])
     a2 = answer([{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": a1},

@@ -95,14 +95,25 @@ def test_paged_decoding_matches_static_cache_and_full_forward(kind):
     rng = np.random.RandomState(0)
     prompts = [rng.randint(3, 96, n).tolist() for n in (5, 9, 2)]
     toks, logits = paged_greedy(model, prompts, join_after=[0, 2, 3])
-    for prompt, got, got_logits in zip(prompts, toks, logits):
-        ref = model.generate([prompt], max_new_tokens=MAX_NEW, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-        assert got == ref.sequences[0, len(prompt):].tolist()
-        assert_close_rel(np.stack(got_logits), np.concatenate(ref.logits), 1e-5)
-        # and the same as running the whole sequence through the model with no cache at all
-        full = np.asarray(model(np.asarray([prompt + got[:-1]])).logits)[0, len(prompt) - 1:]
-        assert_close_rel(np.stack(got_logits), full, 1e-5)
+    # the static-cache path: one left-padded batch through generate
+    longest = max(map(len, prompts))
+    ids = np.zeros((len(prompts), longest), np.int32)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):], mask[i, longest - len(p):] = p, 1
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    ref_logits = np.stack(ref.logits, axis=1)  # [batch, new, vocab]
+    # and no cache at all: each whole sequence, right-padded (causal: padding after cannot matter)
+    whole = [p + t[:-1] for p, t in zip(prompts, toks)]
+    flat = np.zeros((len(whole), max(map(len, whole))), np.int32)
+    for i, w in enumerate(whole):
+        flat[i, :len(w)] = w
+    full = np.asarray(model(flat).logits)
+    for i, (prompt, got, got_logits) in enumerate(zip(prompts, toks, logits)):
+        assert got == ref.sequences[i, longest:].tolist()
+        assert_close_rel(np.stack(got_logits), ref_logits[i], 1e-5)
+        assert_close_rel(np.stack(got_logits), full[i, len(prompt) - 1: len(whole[i])], 1e-5)
 
 
 def test_paged_decoding_with_stacked_layers_and_idle_rows():
@@ -112,8 +123,8 @@ def test_paged_decoding_with_stacked_layers_and_idle_rows():
     stacked = per_layer.with_layout(scan_layers=True)
     assert stacked.config.scan_layers
     prompts = [[7, 8, 9, 10], [11, 12]]
-    a, la = paged_greedy(per_layer, prompts, join_after=[0, 4], batch=4)
-    b, lb = paged_greedy(stacked, prompts, join_after=[0, 4], batch=4)
+    a, la = paged_greedy(per_layer, prompts, join_after=[0, 4])
+    b, lb = paged_greedy(stacked, prompts, join_after=[0, 4])
     assert a == b
     for x, y in zip(la, lb):
         assert_close_rel(np.stack(x), np.stack(y), 1e-5)
@@ -145,9 +156,13 @@ def test_page_allocator_hands_out_and_takes_back():
 def test_pool_configuration_errors_are_clear():
     from zoo.generation import paged
 
-    model = tiny_decoder("llama")
+    from zoo.models.llama.config import LlamaConfig
+    from zoo.models.gpt2.config import GPT2Config
+
     with pytest.raises(ValueError, match="num_pages must be >= 2"):
-        paged.init_pages(model.config, 1, 4)
+        paged.init_pages(LlamaConfig(), 1, 4)
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not one of them"):
+        paged.init_pages(GPT2Config(), 8, 4)
 
 
 def test_engine_queues_when_pages_run_out(tiny_chat_dir):
@@ -187,9 +202,12 @@ def test_engine_queues_when_pages_run_out(tiny_chat_dir):
         assert [r.completion_tokens for r in results] == [8, 8]
         assert max(running_together) == 1, "the pool only holds one sequence at a time"
         assert engine.allocator.num_free == 2
-        for p, r in zip(prompts, results):
-            ref = model.generate([p], max_new_tokens=8, do_sample=False, eos_token_id=None)
-            assert r.text == tok.decode(ref[0, len(p):].tolist(), skip_special_tokens=True)
+        width = max(map(len, prompts))
+        ids = np.array([[0] * (width - len(p)) + p for p in prompts])
+        mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None)
+        for i, r in enumerate(results):
+            assert r.text == tok.decode(ref[i, width:].tolist(), skip_special_tokens=True)
         # a request that can never fit the pool is refused up front
         with pytest.raises(ValueError, match="maximum context length is 32"):
             engine.submit(list(range(3, 30)), SamplingParams(max_tokens=8), lambda e: None)
