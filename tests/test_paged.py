@@ -193,7 +193,7 @@ def test_engine_queues_when_pages_run_out(tiny_chat_dir):
                     done[i].set()
             return put
 
-        engine.pause()  # submit both before the engine looks, so the second has to queue
+        engine.pause(wait=True)  # submit both before the engine looks, so the second has to queue
         for i, p in enumerate(prompts):
             engine.submit(p, params, sink(i))
         engine.resume()

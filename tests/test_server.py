@@ -334,11 +334,9 @@ def test_queue_full_answers_503(server):
     from zoo.serving.engine import SamplingParams
 
     engine = server.engine
-    engine.pause()
+    engine.pause(wait=True)  # parked: nothing leaves the queue while we fill it
     fillers = []
     try:
-        # wait for the engine to reach its pause point, then fill the queue behind it
-        time.sleep(0.2)
         while len(engine.waiting) < MAX_QUEUED - 1:
             fillers.append(engine.submit([5, 6, 7], SamplingParams(max_tokens=2), lambda e: None))
         # one place left: n=2 does not fit, and none of its choices stays queued
@@ -402,9 +400,8 @@ def test_client_disconnect_while_waiting_non_streaming(server):
     engine = server.engine
     server.wait_idle()
     cancelled = engine.stats["finished_cancelled"]
-    engine.pause()
+    engine.pause(wait=True)
     try:
-        time.sleep(0.2)
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         conn.request("POST", "/v1/completions", body=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 4}),
                      headers={"Content-Type": "application/json"})

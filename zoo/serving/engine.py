@@ -140,6 +140,7 @@ class Engine:
         self._wake = threading.Event()
         self._running = threading.Event()  # cleared: paused (no admission, no decoding)
         self._running.set()
+        self._parked = threading.Event()  # set while the loop sits paused
         self._stop = False
         self._thread: threading.Thread | None = None
         self.stats = collections.Counter()
@@ -190,9 +191,15 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def pause(self) -> None:
-        """Stop admitting and decoding after the current step (requests keep queueing)."""
+    def pause(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Stop admitting and decoding after the current step (requests keep queueing).
+        ``wait``: return only once the engine thread has finished that step and is parked."""
+        self._parked.clear()
         self._running.clear()
+        self._wake.set()
+        if wait and self._thread is not None and self._thread.is_alive():
+            if not self._parked.wait(timeout):
+                raise TimeoutError(f"the engine did not pause within {timeout}s")
 
     def resume(self) -> None:
         self._running.set()
@@ -215,6 +222,8 @@ class Engine:
     # ------------------------------------------------------------------ engine thread
     def _loop(self) -> None:
         while not self._stop:
+            if not self._running.is_set():
+                self._parked.set()
             self._running.wait()
             if self._stop:
                 break
