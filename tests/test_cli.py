@@ -256,3 +256,51 @@ def test_chat_ctrl_c_stops_the_answer_not_the_session(tiny_chat_dir, cache_dir):
     assert "Traceback" not in stderr.decode()
     lines = (seen + rest).decode().split("\n")
     assert [line.startswith("assistant> ") and line.endswith(" [stopped]") for line in lines[:2]] == [True, True]
+
+
+# ---------------------------------------------------------------- serve and bench
+def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(tiny_chat_dir, oracle, cache_dir):
+    openai = pytest.importorskip("openai")
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "--model", str(tiny_chat_dir), "--port", str(port),
+                          "--served-model-name", "tiny", "--max-batch", "2", "--max-model-len", "64",
+                          "--no-warmup", "--log-level", "warning"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=zoo_env(cache_dir), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert p.poll() is None, p.stderr.read().decode()
+            assert time.monotonic() < deadline, "zoo serve did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert health["status"] == "ok" and health["model"] == "tiny" and health["max_batch"] == 2
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=0)
+        model, tok = oracle
+        ids = tok(PROMPT)["input_ids"]
+        seq = np.asarray(model.generate([ids], max_new_tokens=10, do_sample=False))[0, len(ids):].tolist()
+        eos = [i for i, t in enumerate(seq) if t == model.config.eos_token_id]
+        assert r.choices[0].text == tok.decode(seq[: eos[0]] if eos else seq, skip_special_tokens=True)
+        with pytest.raises(openai.BadRequestError, match="at most"):  # --max-model-len 64
+            client.completions.create(model="tiny", prompt="llama " * 80, max_tokens=4)
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, p.stderr.read().decode()
+
+
+def test_bench_lists_the_benchmarks():
+    proc = zoo("bench")
+    assert proc.returncode == 0 and "server" in out(proc) and "requests/s and time-to-first-token" in out(proc)
+    assert_one_line_error(zoo("bench", "nothing"), "bench", "no benchmark 'nothing'")
