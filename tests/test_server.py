@@ -440,6 +440,8 @@ def test_engine_failure_answers_500_and_server_recovers(server, monkeypatch):
     assert "simulated device failure" in body["error"]["message"]
     with pytest.raises(openai.APIError, match="simulated device failure"):
         list(server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True))
+    with pytest.raises(openai.APIError, match="simulated device failure"):
+        list(server.client().completions.create(model=MODEL, prompt="hi", max_tokens=4, stream=True))
     server.wait_idle()
     monkeypatch.setattr(paged, "prefill_into_pages", real_prefill)
     r = server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,

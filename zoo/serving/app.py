@@ -372,6 +372,10 @@ class Server:
                 yield chunk([{"index": i, "text": event.text, "logprobs": None, "finish_reason": None}])
             elif isinstance(event, Finished):
                 results.append(event)
+                if event.reason == "error":  # as in the chat stream: an OpenAI error event, not a choice
+                    yield self._sse({"error": {"message": f"generation failed: {event.error}",
+                                               "type": "server_error", "param": None, "code": "engine_error"}})
+                    continue
                 yield chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": event.reason}])
         if include_usage:
             yield chunk([], self._usage(len(prompt), results))
