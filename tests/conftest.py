@@ -106,3 +106,12 @@ def check_decoder_parity(tmp_path, config_cls: str, model_cls: str, config: dict
         stepped = np.concatenate([np.asarray(out1.logits), np.asarray(out2.logits)], axis=1)
         assert_close_rel(stepped, full, 1e-5 if dtype == "float32" else 2e-2, valid)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory):
+    """A tiny random Llama with a byte-level BPE tokenizer and a chat template, in HF format
+    (tests/tiny_chat.py); shared by the serving, paged-cache and CLI tests."""
+    from tiny_chat import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny_chat"))

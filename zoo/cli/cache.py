@@ -113,5 +113,5 @@ def describe_cache(flag: str | None = None, disabled: bool = False) -> str:
     if path is None:
         return "compile cache: off"
     count, size = folder_size(path)
-    state = f"{count} entries, {human_bytes(size)}" if path.exists() else "empty (created on first use)"
+    state = f"{count} entries, {human_bytes(size)}" if path.exists() else "empty, created on first use"
     return f"compile cache: {path} ({state})"

@@ -57,14 +57,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"unknown command {text.split()[0]}; {HELP}", file=sys.stderr, flush=True)
             continue
         history.append({"role": "user", "content": text})
-        ids = tok.apply_chat_template(history, add_generation_prompt=True, return_dict=False)
-        print("assistant> ", end="", flush=True)
         streamer = TextStreamer(tok)
-        try:
+        try:  # Ctrl-C anywhere in the turn ends the answer, never the session
+            print("assistant> ", end="", flush=True)
+            ids = tok.apply_chat_template(history, add_generation_prompt=True, return_dict=False)
             model.generate([ids], streamer=streamer, tokenizer=tok, seed=args.seed + turn, stream_chunk_size=2,
                            **kwargs)
         except KeyboardInterrupt:
-            print(" [stopped]", end="")
+            print(" [stopped]", end="", flush=True)
         except ValueError as err:  # e.g. the conversation outgrew the context: say so, keep the session
             print(f"\n[zoo chat] {err}; /clear starts over", file=sys.stderr, flush=True)
             history.pop()

@@ -16,6 +16,7 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(parser: argparse.ArgumentParser, default_max_new: int = 64) -> None:
     g = parser.add_argument_group("sampling (as in generate(); unset flags keep the model's generation_config)")
     g.add_argument("--max-new-tokens", type=int, default=default_max_new, help=f"default {default_max_new}")
+    g.add_argument("--min-new-tokens", type=int, default=None, help="do not end (EOS) before this many tokens")
     g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)
@@ -29,7 +30,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, default_max_new: int
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    names = {"do_sample": "do_sample", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+    names = {"min_new_tokens": "min_new_tokens", "do_sample": "do_sample", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
              "min_p": "min_p", "repetition_penalty": "repetition_penalty", "stop": "stop_strings"}
     kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens}
     kw.update({dst: getattr(args, src) for src, dst in names.items() if getattr(args, src) is not None})

@@ -24,6 +24,8 @@ COMMANDS = {
 }
 # Commands that run no JAX program get no compile-cache flags.
 NO_COMPILE = ("download",)
+# Commands that take the compile-cache flags only to describe the cache (must not create it).
+DESCRIBE_CACHE = ("env",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zoo",
         description="zoo: Hugging Face Hub checkpoints as pure, jit-compiled JAX models.",
     )
+    parser.subcommands = {}  # name -> its parser, so errors name the sub-command
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=doc[1].strip() if len(doc) > 1 else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        parser.subcommands[name] = p
         if name not in NO_COMPILE:
             from zoo.cli.cache import add_cache_arguments
 
@@ -59,13 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # everything after `train`, --help included, belongs to the trainer
         args = argparse.Namespace(command="train", argv=argv[1:])
     else:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # argparse would blame the top-level `zoo`; name the sub-command and its help
+            parser.subcommands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 0
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        if args.command not in NO_COMPILE:
+        if args.command not in NO_COMPILE + DESCRIBE_CACHE:
             from zoo.cli.cache import setup_from_args
 
             setup_from_args(args)
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zoo {args.command}: error: {text if known else f'{type(err).__name__}: {text}'}", file=sys.stderr)
         return 1
     finally:
-        if args.command not in NO_COMPILE:
+        if args.command not in NO_COMPILE + DESCRIBE_CACHE:
             from zoo.cli.cache import report_compile_stats
 
             report_compile_stats()

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from zoo.serving import serve
 
     for name in ("max_batch", "page_size", "max_queued", "port"):
-        if getattr(args, name) < (0 if name == "max_queued" else 1):
+        if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     print(f"[zoo serve] loading {args.model}", file=sys.stderr, flush=True)
     serve(args.model, host=args.host, port=args.port, model_name=args.served_model_name, dtype=args.dtype,

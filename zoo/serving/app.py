@@ -196,18 +196,17 @@ class Server:
         (index, event) pairs fed from the engine thread."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        seqs = []
+        requests = []
+        for i in range(n):
+            p = params if params.seed is None or i == 0 else _with_seed(params, params.seed + i)
+
+            def sink(event, i=i):
+                loop.call_soon_threadsafe(queue.put_nowait, (i, event))
+
+            requests.append((prompt, p, sink))
         try:
-            for i in range(n):
-                p = params if params.seed is None or i == 0 else _with_seed(params, params.seed + i)
-
-                def sink(event, i=i):
-                    loop.call_soon_threadsafe(queue.put_nowait, (i, event))
-
-                seqs.append(self.engine.submit(prompt, p, sink))
+            seqs = self.engine.submit_many(requests)  # all n choices queue, or none
         except QueueFull as err:
-            for s in seqs:
-                self.engine.cancel(s)
             raise APIError(503, str(err), code="server_overloaded", type_="server_error") from None
         return seqs, queue
 
@@ -373,6 +372,10 @@ class Server:
                 yield chunk([{"index": i, "text": event.text, "logprobs": None, "finish_reason": None}])
             elif isinstance(event, Finished):
                 results.append(event)
+                if event.reason == "error":  # as in the chat stream: an OpenAI error event, not a choice
+                    yield self._sse({"error": {"message": f"generation failed: {event.error}",
+                                               "type": "server_error", "param": None, "code": "engine_error"}})
+                    continue
                 yield chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": event.reason}])
         if include_usage:
             yield chunk([], self._usage(len(prompt), results))

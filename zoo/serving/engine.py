@@ -106,8 +106,8 @@ class Engine:
     ):
         if batching not in ("continuous", "static"):
             raise ValueError(f"batching must be 'continuous' or 'static', got {batching!r}")
-        if max_batch < 1 or max_queued < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_queued >= 0, got {max_batch}, {max_queued}")
+        if max_batch < 1 or max_queued < 1:  # every request waits in the queue, however briefly
+            raise ValueError(f"max_batch and max_queued must be >= 1, got {max_batch}, {max_queued}")
         cfg = model.config
         paged.check_supported(cfg)
         if cfg.scan_layers:  # per-layer arrays decode faster (DESIGN.md); converted once here
@@ -140,6 +140,7 @@ class Engine:
         self._wake = threading.Event()
         self._running = threading.Event()  # cleared: paused (no admission, no decoding)
         self._running.set()
+        self._parked = threading.Event()  # set while the loop sits paused
         self._stop = False
         self._thread: threading.Thread | None = None
         self.stats = collections.Counter()
@@ -147,17 +148,24 @@ class Engine:
     # ------------------------------------------------------------------ public, any thread
     def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> Sequence:
         """Queue a sequence; raises :class:`QueueFull` beyond ``max_queued`` waiting ones."""
-        self.check_request(len(prompt), params.max_tokens)
-        seed = params.seed if params.seed is not None else secrets.randbits(32)
-        seq = Sequence(list(prompt), params, sink, seed=seed & 0xFFFFFFFF)
+        return self.submit_many([(prompt, params, sink)])[0]
+
+    def submit_many(self, requests: list[tuple[list[int], SamplingParams, Sink]]) -> list[Sequence]:
+        """Queue several sequences (the ``n`` choices of one request) all or none: raises
+        :class:`QueueFull` if they do not all fit in the queue, leaving nothing of them queued."""
+        seqs = []
+        for prompt, params, sink in requests:
+            self.check_request(len(prompt), params.max_tokens)
+            seed = params.seed if params.seed is not None else secrets.randbits(32)
+            seqs.append(Sequence(list(prompt), params, sink, seed=seed & 0xFFFFFFFF))
         with self._lock:
-            if len(self.waiting) >= self.max_queued:
+            if len(self.waiting) + len(seqs) > self.max_queued:
                 self.stats["rejected"] += 1
                 raise QueueFull(f"the server is at capacity: {len(self.waiting)} requests already waiting "
                                 f"(max_queued={self.max_queued}); retry later")
-            self.waiting.append(seq)
+            self.waiting.extend(seqs)
         self._wake.set()
-        return seq
+        return seqs
 
     def check_request(self, prompt_len: int, max_tokens: int) -> None:
         if prompt_len < 1:
@@ -183,9 +191,15 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def pause(self) -> None:
-        """Stop admitting and decoding after the current step (requests keep queueing)."""
+    def pause(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Stop admitting and decoding after the current step (requests keep queueing).
+        ``wait``: return only once the engine thread has finished that step and is parked."""
+        self._parked.clear()
         self._running.clear()
+        self._wake.set()
+        if wait and self._thread is not None and self._thread.is_alive():
+            if not self._parked.wait(timeout):
+                raise TimeoutError(f"the engine did not pause within {timeout}s")
 
     def resume(self) -> None:
         self._running.set()
@@ -208,6 +222,8 @@ class Engine:
     # ------------------------------------------------------------------ engine thread
     def _loop(self) -> None:
         while not self._stop:
+            if not self._running.is_set():
+                self._parked.set()
             self._running.wait()
             if self._stop:
                 break
@@ -248,7 +264,12 @@ class Engine:
                     return  # FIFO: wait for pages rather than let later requests overtake
                 self.waiting.popleft()
             seq.pages = self.allocator.allocate(need)
-            self._prefill(seq, free_rows[0])
+            try:
+                self._prefill(seq, free_rows[0])
+            except Exception as err:
+                # out of the queue but not yet in a row: finish it here, or its client waits forever
+                self._finish(seq, "error", f"{type(err).__name__}: {err}")
+                raise
 
     def _prefill(self, seq: Sequence, row: int) -> None:
         n = len(seq.prompt)
