@@ -291,6 +291,8 @@ def make_optimizer(
     elif schedule in ("linear", "cosine"):
         if not total_steps:
             raise ValueError(f"schedule '{schedule}' needs total_steps")
+        if warmup_steps >= total_steps:
+            raise ValueError(f"warmup_steps ({warmup_steps}) must be less than total_steps ({total_steps})")
         if schedule == "cosine":
             sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps, end_learning_rate)
         else:
