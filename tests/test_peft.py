@@ -177,3 +177,19 @@ def test_unknown_target_module_is_named(base):
 
     with pytest.raises(ValueError, match=r"target_modules \['qkv'\] not found"):
         get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(target_modules=["q_proj", "qkv"]))
+
+
+def test_adapters_on_a_sharded_base(base, peft_adapter):
+    from zoo import AutoModelForCausalLM
+    from zoo.peft import PeftModel
+    from zoo.sharding import make_mesh, use_mesh
+
+    folder, torch_peft = peft_adapter
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, mesh=mesh, rules="fsdp+tp"), folder)
+    lora_a = model.params["layers"]["self_attn"]["q_proj"]["lora_a"]
+    assert lora_a.sharding.mesh.shape == mesh.shape  # small adapters: replicated on the base's mesh
+    ids, mask = left_padded_batch(LLAMA["vocab_size"], batch=4, seq=8)
+    with use_mesh(mesh, "fsdp+tp"):
+        out = np.asarray(model(ids, attention_mask=mask).logits)
+    assert_close_rel(out, torch_logits(torch_peft, ids, mask), 1e-5, mask.astype(bool))
