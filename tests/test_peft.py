@@ -60,6 +60,8 @@ def test_loads_adapters_saved_by_peft(base, peft_adapter, scan_layers):
     assert model.peft_config.r == 4 and model.peft_config.scaling == 2.0
     out = np.asarray(model(ids, attention_mask=mask).logits)
     assert_close_rel(out, ref, 1e-5, mask.astype(bool))
+    doubled = jax.tree.map(lambda x: x, model)  # a pytree: maps back to a PeftModel
+    assert isinstance(doubled, PeftModel) and doubled.peft_config == model.peft_config
     merged = model.merge_and_unload()
     assert "lora_a" not in str(jax.tree_util.tree_structure(merged.params))
     assert_close_rel(np.asarray(merged(ids, attention_mask=mask).logits), ref, 1e-5, mask.astype(bool))

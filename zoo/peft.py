@@ -417,6 +417,15 @@ class PeftModel:
         return cls(base, cfg, targets)
 
 
+# A PeftModel is a pytree like the models it wraps (its params are the leaves), so it can go
+# through jax.jit / jax.tree.map.
+jax.tree_util.register_pytree_node(
+    PeftModel,
+    lambda m: ((m.base_model,), (m.peft_config, tuple(m._targets))),
+    lambda aux, children: PeftModel(children[0], aux[0], list(aux[1])),
+)
+
+
 def _strip_adapter_name(name: str) -> str:
     # PEFT drops the adapter name when saving; some tools keep ".default".
     return name.replace(".lora_A.default.weight", ".lora_A.weight").replace(".lora_B.default.weight", ".lora_B.weight")
