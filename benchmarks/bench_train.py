@@ -24,6 +24,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--matmul", type=int, default=2048, help="size of the square fp32 matmul for the peak")
+    p.add_argument("--unrolled", action="store_true", help="per-layer params (scan_layers=False) for the zoo")
     p.add_argument("--two-devices", action="store_true", help="also time the step on a 2-device data mesh")
     return p.parse_args()
 
@@ -97,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         del topt
-        model = AutoModelForCausalLM.from_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(tmp, scan_layers=not args.unrolled)
     assert count_params(model.params) == n_params, (count_params(model.params), n_params)
     del hf
     opt = optax.adamw(1e-4)
