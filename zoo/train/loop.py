@@ -351,6 +351,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         process_id = int(os.environ["JAX_PROCESS_ID"])
     if not coordinator_address or not num_processes or num_processes <= 1:
         return False
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or os.environ.get("JAX_PLATFORM_NAME") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     return True
