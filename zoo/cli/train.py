@@ -1,4 +1,5 @@
-"""``zoo train ...``: hands its arguments to ``zoo.train.main(argv) -> int`` (the training loop)."""
+"""``zoo train ...``: hands its arguments to ``zoo.train.loop.main(argv) -> int`` (the recipe runner that
+``python -m zoo.train.main`` also runs)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from zoo.train import main as train_main
+        from zoo.train.loop import main as train_main
     except ImportError as err:
         raise RuntimeError(f"training is not available in this build (zoo.train could not be imported: {err})") \
             from None

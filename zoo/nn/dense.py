@@ -12,11 +12,15 @@ import jax
 import jax.numpy as jnp
 
 from zoo.nn.activations import get_activation
+from zoo.nn.lora import lora_delta
 
 
 def project(x: jax.Array, p: Mapping[str, jax.Array], eq: str) -> jax.Array:
-    """``einsum(eq, x, p['kernel']) (+ p['bias'])`` in x's dtype."""
+    """``einsum(eq, x, p['kernel']) (+ p['bias'])`` in x's dtype, plus a LoRA adapter's low-rank
+    term when ``p`` carries one (``zoo.nn.lora``)."""
     y = jnp.einsum(eq, x, p["kernel"].astype(x.dtype))
+    if "lora_a" in p:
+        y = y + lora_delta(x, p, eq)
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
     return y

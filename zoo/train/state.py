@@ -89,12 +89,14 @@ def create_train_state(
     copy: bool = True,
 ) -> TrainState:
     """A fresh state. ``trainable``: a bool tree or a ``(path, leaf) -> bool`` predicate (default:
-    every leaf). ``shardings``: a tree of shardings for ``params``; the optimizer state's
+    every leaf; for a ``zoo.peft.PeftModel``, its adapters). ``shardings``: a tree of shardings for ``params``; the optimizer state's
     param-shaped leaves (Adam's moments) are placed like the param they track.
 
     The step donates the state, so by default the params are copied first and the model they
     came from stays usable; ``copy=False`` saves that memory (the model's arrays are then consumed)."""
     if hasattr(params, "params") and hasattr(params, "config"):  # a model object
+        if trainable is None and hasattr(params, "trainable_mask"):  # a PeftModel: only its adapters
+            trainable = params.trainable_mask()
         params = params.params
     if copy:
         params = jax.tree.map(jnp.copy, params)

@@ -32,14 +32,25 @@ def _forward_kwargs(batch: Batch, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: batch[k] for k in keys if k in batch and batch[k] is not None}
 
 
+def _unwrap_peft(model: Any, apply: Callable[..., Any] | None) -> tuple[Any, Callable[..., Any] | None]:
+    """A PeftModel trains through its adapted base model, with LoRA dropout as the ``apply`` hook."""
+    if hasattr(model, "peft_config") and hasattr(model, "base_model"):
+        if apply is None:
+            apply = model.dropout_apply
+        model = model.base_model
+    return model, apply
+
+
 def causal_lm_loss_fn(model: Any, *, dtype: Any = None, apply: Callable[..., Any] | None = None) -> LossFn:
     """Next-token loss exactly as Transformers (labels shifted inside, -100 ignored).
 
     ``batch``: ``input_ids`` and optional ``labels`` (default: the ids), ``attention_mask``,
     ``position_ids``, ``segment_ids`` (packed documents). ``dtype`` overrides the compute dtype
     (e.g. "bfloat16" with fp32 master weights). ``apply(params, rng) -> params`` transforms the
-    params first (LoRA's scaling and dropout keys). A mixture-of-experts model whose config has
-    ``output_router_logits`` adds ``router_aux_loss_coef * aux_loss``, as Transformers does."""
+    params first (e.g. LoRA dropout keys); a ``zoo.peft.PeftModel`` brings its own. A
+    mixture-of-experts model whose config has ``output_router_logits`` adds
+    ``router_aux_loss_coef * aux_loss``, as Transformers does."""
+    model, apply = _unwrap_peft(model, apply)
     if dtype is not None:
         model = type(model)(model.config.replace(dtype=jnp.dtype(dtype).name), model.params,
                             getattr(model, "generation_config", None))
@@ -87,6 +98,7 @@ def sequence_classification_loss_fn(model: Any, *, dtype: Any = None,
     """Loss of a ``...ForSequenceClassification`` model (decoder or encoder) on ``batch['labels']``."""
     from zoo.tasks import problem_type
 
+    model, apply = _unwrap_peft(model, apply)
     if dtype is not None:
         model = type(model)(model.config.replace(dtype=jnp.dtype(dtype).name), model.params)
     kind = problem_type(model.config)
@@ -285,6 +297,8 @@ def make_optimizer(
     elif schedule in ("linear", "cosine"):
         if not total_steps:
             raise ValueError(f"schedule '{schedule}' needs total_steps")
+        if warmup_steps >= total_steps:
+            raise ValueError(f"warmup_steps ({warmup_steps}) must be less than total_steps ({total_steps})")
         if schedule == "cosine":
             sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps, end_learning_rate)
         else:
