@@ -90,8 +90,8 @@ def compile_stats() -> dict[str, int]:
 
 def report_compile_stats(stream=sys.stderr) -> None:
     """Printed at exit when ``ZOO_COMPILE_STATS=1`` (tests and the cold/warm measurement use it)."""
-    if os.environ.get("ZOO_COMPILE_STATS"):
-        s = compile_stats()
+    s = compile_stats()
+    if os.environ.get("ZOO_COMPILE_STATS") and (s["hits"] or s["misses"]):  # nothing to say after --help
         print(f"[zoo] compile cache: {s['hits']} hits, {s['misses']} misses", file=stream, flush=True)
 
 

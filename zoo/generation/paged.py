@@ -205,6 +205,8 @@ def _decode(model, pages: PagedKV, tokens, positions, tables, active, temperatur
     write_slot = jnp.where(active, positions % ps, 0)
     lengths = jnp.where(active, positions + 1, 0)  # idle rows see nothing (their output is zeros)
     k_pool, v_pool = pages.k, pages.v
+    # On CPU the Pallas kernel only runs interpreted (slow): use the gather reference unless asked.
+    backend = "xla" if jax.default_backend() == "cpu" and cfg.attn_implementation != "pallas" else None
     for i, window in enumerate(cfg.layer_windows()):
         lp = _layer_params(params["layers"], i)
         h = rms_norm(lp["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
@@ -212,7 +214,7 @@ def _decode(model, pages: PagedKV, tokens, positions, tables, active, temperatur
         k_pool = k_pool.at[i, write_page, write_slot].set(k[:, 0].astype(k_pool.dtype))
         v_pool = v_pool.at[i, write_page, write_slot].set(v[:, 0].astype(v_pool.dtype))
         out = paged_decode_attention(q, k_pool[i], v_pool[i], tables, lengths, scale=attention_scale(cfg),
-                                     sliding_window=window)
+                                     sliding_window=window, backend=backend)
         x = x + project(out.astype(x.dtype), lp["self_attn"]["o_proj"], "bthk,hkd->btd")
         h = rms_norm(lp["post_attention_layernorm"]["scale"], x, cfg.rms_norm_eps)
         x = x + gated_mlp(lp["mlp"], h, cfg.hidden_act)
