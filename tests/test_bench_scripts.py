@@ -8,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 def test_bench_encoder_runs_and_prints_ratio():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
