@@ -16,7 +16,7 @@ from zoo.nn.activations import get_activation
 from zoo.nn.attention import MaskInfo, attention
 from zoo.nn.dense import embed, project
 from zoo.nn.norms import layer_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones, zeros
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, normal, ones, zeros
 from zoo.nn.rope import apply_rope, rope_cos_sin
 from zoo.sharding import constrain
 
@@ -55,15 +55,8 @@ def layer_spec(cfg: GPTNeoXConfig) -> Params:
 
 
 def param_specs(cfg: GPTNeoXConfig) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_in": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "final_layer_norm": _ln(cfg.hidden_size),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["embed_out"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               _ln(cfg.hidden_size), embed="embed_in", norm="final_layer_norm", head="embed_out")
 
 
 def init(cfg: GPTNeoXConfig, key: jax.Array) -> Params:

@@ -17,7 +17,7 @@ from zoo.models.llama.config import LlamaConfig
 from zoo.nn.attention import MaskInfo, attention
 from zoo.nn.dense import embed, gated_mlp, project, unembed
 from zoo.nn.norms import rms_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones, zeros
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, normal, ones, zeros
 from zoo.nn.rope import apply_rope, rope_cos_sin
 from zoo.sharding import constrain
 
@@ -66,15 +66,8 @@ def layer_spec(cfg: LlamaConfig) -> Params:
 
 
 def param_specs(cfg: LlamaConfig) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_tokens": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "norm": {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)},
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)})
 
 
 def init(cfg: LlamaConfig, key: jax.Array) -> Params:
