@@ -12,7 +12,8 @@ import torch
 from conftest import left_padded_batch, make_hf_model, save_hf
 
 from zoo import AutoModelForCausalLM
-from zoo.generation.logits_process import min_p_filter, sample_next_token, top_k_filter, top_p_filter
+from zoo.generation import GenerationConfig
+from zoo.generation.logits_process import build_logits_processor, sample_next_token
 from zoo.models import FAMILIES as ZOO_FAMILIES
 
 VOCAB = 128
@@ -106,40 +107,53 @@ def test_generate_matches_transformers(family, case, tmp_path_factory):
 LOGITS8 = np.array([2.0, 1.5, 1.2, 0.9, 0.4, 0.0, -0.6, -1.5], np.float32)  # sorted, distinct
 
 
-def _target(kind: str, value: float) -> np.ndarray:
-    """Renormalised target probabilities, computed by hand from the definitions."""
-    p = np.exp(LOGITS8 - LOGITS8.max())
-    p /= p.sum()
-    if kind == "top_k":
-        keep = np.arange(8) < value
-    elif kind == "top_p":  # smallest prefix (by descending prob) whose mass reaches top_p
-        before = np.concatenate([[0.0], np.cumsum(p)[:-1]])
-        keep = before < value
-    else:  # min_p: keep tokens with p >= min_p * max p
-        keep = p >= value * p.max()
-    q = np.where(keep, p, 0.0)
-    return q / q.sum()
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x[np.isfinite(x)].max())
+    return e / e.sum()
 
 
-FILTERS = {"top_k": top_k_filter, "top_p": top_p_filter, "min_p": min_p_filter}
+def _target(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None) -> np.ndarray:
+    """Target probabilities by hand from the definitions, each filter applied to the renormalised
+    output of the one before, in Transformers' warper order (temperature, top-k, top-p, min-p)."""
+    x = LOGITS8.astype(np.float64) / temperature
+    if top_k:
+        x = np.where(np.arange(8) < top_k, x, -np.inf)  # LOGITS8 is sorted descending
+    if top_p < 1.0:  # keep the smallest descending prefix whose mass reaches top_p
+        p = _softmax(x)
+        mass_before = np.concatenate([[0.0], np.cumsum(p)[:-1]])
+        x = np.where(mass_before < top_p, x, -np.inf)
+    if min_p is not None:
+        p = _softmax(x)
+        x = np.where(p >= min_p * p.max(), x, -np.inf)
+    return _softmax(x)
 
 
-@pytest.mark.parametrize("kind,value", [("top_k", 3), ("top_p", 0.7), ("min_p", 0.3)])
-def test_sampling_filters_draw_allowed_tokens_at_target_frequencies(kind, value):
-    target = _target(kind, value)
-    assert 2 <= (target > 0).sum() < 8  # the filter really removes some tokens and keeps a choice
+SAMPLING_CASES = {
+    "top_k": dict(top_k=3),
+    "top_p": dict(top_k=0, top_p=0.8),
+    "min_p": dict(top_k=0, min_p=0.3),
+    "all": dict(temperature=0.8, top_k=6, top_p=0.9, min_p=0.1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLING_CASES))
+def test_sampling_draws_allowed_tokens_at_target_frequencies(case):
+    """The processor chain ``generate`` builds from a GenerationConfig, then one draw per key."""
+    opts = SAMPLING_CASES[case]
+    target = _target(**opts)
+    assert 2 <= (target > 0).sum() < 8  # the filters really remove tokens and still leave a choice
+    process = build_logits_processor(GenerationConfig(do_sample=True, **opts), prompt_len=1, max_length=2)
     n = 4000
     keys = jax.random.split(jax.random.PRNGKey(0), n)
-    logits = jnp.asarray(LOGITS8)[None]
 
     @jax.jit
     def draw(keys):
-        filtered = FILTERS[kind](logits, value)
-        return jax.vmap(lambda k: sample_next_token(k, filtered)[0])(keys)
+        logits = process(jnp.zeros((1, 2), jnp.int32), 1, jnp.asarray(LOGITS8)[None])
+        return jax.vmap(lambda k: sample_next_token(k, logits)[0])(keys)
 
     tokens = np.asarray(draw(keys))
     assert set(np.unique(tokens)) <= set(np.flatnonzero(target)), "drew a filtered-out token"
     freq = np.bincount(tokens, minlength=8) / n
-    # 4 standard errors per token (binomial): fails on a wrong distribution, not on chance.
+    # 4 binomial standard errors per token: fails on a wrong distribution, not on chance.
     tol = 4 * np.sqrt(target * (1 - target) / n) + 1e-9
     assert np.all(np.abs(freq - target) <= tol), f"freq {freq.round(3)} vs target {target.round(3)}"
