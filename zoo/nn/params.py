@@ -56,6 +56,19 @@ def layers_spec(layer_spec: Any, num_layers: int, scan_layers: bool) -> Any:
     return stack_specs(layer_spec, num_layers) if scan_layers else [layer_spec] * num_layers
 
 
+def decoder_param_specs(cfg: Any, layers: Any, final_norm: Any, *, embed: str = "embed_tokens",
+                        norm: str = "norm", head: str = "lm_head", **extra: Any) -> dict[str, Any]:
+    """What every decoder LM holds around its layers: a token embedding, the layer stack, a final
+    norm and (unless tied) an output head; ``extra`` adds entries such as learned positions.
+    ``embed``/``norm``/``head`` keep each family's checkpoint names."""
+    w = normal(cfg.initializer_range)
+    specs = {embed: {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
+             **extra, "layers": layers, norm: final_norm}
+    if not cfg.tie_word_embeddings:
+        specs[head] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
+    return specs
+
+
 def init_params(specs: Any, key: jax.Array, dtype: Any) -> Any:
     leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
     keys = jax.random.split(key, len(leaves))

@@ -31,7 +31,7 @@ from zoo.nn.activations import softcap
 from zoo.nn.attention import MaskInfo, attention
 from zoo.nn.dense import gated_mlp, project, scaled_embed, unembed
 from zoo.nn.norms import rms_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, zeros
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, normal, zeros
 from zoo.nn.rope import apply_rope, rope_cos_sin
 from zoo.nn.scan import plan_segments
 from zoo.sharding import constrain
@@ -82,15 +82,8 @@ def layer_spec(cfg: GemmaConfig) -> Params:
 
 
 def param_specs(cfg: GemmaConfig) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_tokens": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "norm": _norm_spec(cfg.hidden_size),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               _norm_spec(cfg.hidden_size))
 
 
 def init(cfg: GemmaConfig, key: jax.Array) -> Params:

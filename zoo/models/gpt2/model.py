@@ -16,7 +16,7 @@ from zoo.nn.activations import get_activation
 from zoo.nn.attention import MaskInfo, attention
 from zoo.nn.dense import embed, project, unembed
 from zoo.nn.norms import layer_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones, zeros
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, normal, ones, zeros
 from zoo.sharding import constrain
 
 Params = dict[str, Any]
@@ -48,16 +48,10 @@ def layer_spec(cfg: GPT2Config) -> Params:
 
 
 def param_specs(cfg: GPT2Config) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "wte": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "wpe": {"embedding": ParamSpec((cfg.max_position_embeddings, cfg.hidden_size), ("positions", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "ln_f": _ln(cfg.hidden_size),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    positions = ParamSpec((cfg.max_position_embeddings, cfg.hidden_size), ("positions", "embed"),
+                          normal(cfg.initializer_range))
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               _ln(cfg.hidden_size), embed="wte", norm="ln_f", wpe={"embedding": positions})
 
 
 def init(cfg: GPT2Config, key: jax.Array) -> Params:

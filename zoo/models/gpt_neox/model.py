@@ -11,13 +11,14 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models.gpt_neox.config import GPTNeoXConfig
-from zoo.models.llama.model import default_position_ids, init_cache, mask_info, run_layers, update_kv
+from zoo.models.llama import model as llama
+from zoo.models.llama.model import init_cache, update_kv
 from zoo.nn.activations import get_activation
 from zoo.nn.attention import MaskInfo, attention
-from zoo.nn.dense import embed, project
+from zoo.nn.dense import project
 from zoo.nn.norms import layer_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones, zeros
-from zoo.nn.rope import apply_rope, rope_cos_sin
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, normal, ones, zeros
+from zoo.nn.rope import apply_rope
 from zoo.sharding import constrain
 
 Params = dict[str, Any]
@@ -55,15 +56,8 @@ def layer_spec(cfg: GPTNeoXConfig) -> Params:
 
 
 def param_specs(cfg: GPTNeoXConfig) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_in": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "final_layer_norm": _ln(cfg.hidden_size),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["embed_out"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               _ln(cfg.hidden_size), embed="embed_in", norm="final_layer_norm", head="embed_out")
 
 
 def init(cfg: GPTNeoXConfig, key: jax.Array) -> Params:
@@ -124,19 +118,9 @@ def forward_hidden(
     inputs_embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any] | None]:
     """Final hidden states [b, t, d] (after the final LayerNorm) and the updated cache."""
-    if inputs_embeds is None:
-        x = embed(params["embed_in"]["embedding"], input_ids, cfg.compute_dtype)
-    else:
-        x = inputs_embeds.astype(cfg.compute_dtype)
-    ids_like = x[..., 0].astype(jnp.int32)
-    x = constrain(x, ("batch", "seq", "act_embed"))
-    if position_ids is None:
-        position_ids = default_position_ids(ids_like, cache)
-    cos, sin = rope_cos_sin(cfg.rope, position_ids, cfg.compute_dtype)
-    info, cache = mask_info(ids_like, attention_mask, segment_ids, cache)
-    x, cache = run_layers(params["layers"], cfg, x, cos, sin, info, cache, layer_fn=decoder_layer)
-    if cache is not None:
-        cache = {**cache, "index": cache["index"] + x.shape[1]}
+    x, cache = llama.rope_decoder_hidden(params, cfg, input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids, cache=cache, segment_ids=segment_ids,
+                                         inputs_embeds=inputs_embeds, embed_name="embed_in", layer_fn=decoder_layer)
     return _ln_apply(params["final_layer_norm"], x, cfg.layer_norm_eps), cache
 
 

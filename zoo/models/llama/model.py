@@ -8,7 +8,7 @@ Python loop (``cfg.scan_layers``).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ from zoo.models.llama.config import LlamaConfig
 from zoo.nn.attention import MaskInfo, attention
 from zoo.nn.dense import embed, gated_mlp, project, unembed
 from zoo.nn.norms import rms_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones, zeros
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, normal, ones, zeros
 from zoo.nn.rope import apply_rope, rope_cos_sin
 from zoo.sharding import constrain
 
@@ -66,15 +66,8 @@ def layer_spec(cfg: LlamaConfig) -> Params:
 
 
 def param_specs(cfg: LlamaConfig) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_tokens": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "norm": {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)},
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)})
 
 
 def init(cfg: LlamaConfig, key: jax.Array) -> Params:
@@ -354,6 +347,38 @@ def mask_info(
     return info, cache
 
 
+def rope_decoder_hidden(
+    params: Params,
+    cfg: Any,
+    input_ids: jax.Array | None,
+    *,
+    attention_mask: jax.Array | None,
+    position_ids: jax.Array | None,
+    cache: dict[str, Any] | None,
+    segment_ids: jax.Array | None,
+    inputs_embeds: jax.Array | None,
+    embed_name: str = "embed_tokens",
+    layer_fn: Callable[..., Any] = decoder_layer,
+) -> tuple[jax.Array, dict[str, Any] | None]:
+    """Embed, rotary tables, masks and every layer of a rotary decoder (Llama's and the families
+    that reuse its cache and mask code with their own ``layer_fn``): hidden states before the
+    final norm, and the updated cache."""
+    if inputs_embeds is None:
+        x = embed(params[embed_name]["embedding"], input_ids, cfg.compute_dtype)
+    else:
+        x = inputs_embeds.astype(cfg.compute_dtype)
+    ids_like = x[..., 0].astype(jnp.int32)
+    x = constrain(x, ("batch", "seq", "act_embed"))
+    if position_ids is None:
+        position_ids = default_position_ids(ids_like, cache)
+    cos, sin = rope_cos_sin(cfg.rope, position_ids, cfg.compute_dtype)
+    info, cache = mask_info(ids_like, attention_mask, segment_ids, cache)
+    x, cache = run_layers(params["layers"], cfg, x, cos, sin, info, cache, layer_fn=layer_fn)
+    if cache is not None:
+        cache = {**cache, "index": cache["index"] + x.shape[1]}
+    return x, cache
+
+
 def forward_hidden(
     params: Params,
     cfg: LlamaConfig,
@@ -366,19 +391,8 @@ def forward_hidden(
     inputs_embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any] | None]:
     """Final hidden states [b, t, d] (after the last norm) and the updated cache."""
-    if inputs_embeds is None:
-        x = embed(params["embed_tokens"]["embedding"], input_ids, cfg.compute_dtype)
-    else:
-        x = inputs_embeds.astype(cfg.compute_dtype)
-    ids_like = x[..., 0].astype(jnp.int32)
-    x = constrain(x, ("batch", "seq", "act_embed"))
-    if position_ids is None:
-        position_ids = default_position_ids(ids_like, cache)
-    cos, sin = rope_cos_sin(cfg.rope, position_ids, cfg.compute_dtype)
-    info, cache = mask_info(ids_like, attention_mask, segment_ids, cache)
-    x, cache = run_layers(params["layers"], cfg, x, cos, sin, info, cache)
-    if cache is not None:
-        cache = {**cache, "index": cache["index"] + x.shape[1]}
+    x, cache = rope_decoder_hidden(params, cfg, input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   cache=cache, segment_ids=segment_ids, inputs_embeds=inputs_embeds)
     return rms_norm(params["norm"]["scale"], x, cfg.rms_norm_eps), cache
 
 

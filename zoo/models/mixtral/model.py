@@ -28,7 +28,7 @@ from zoo.nn.attention import MaskInfo
 from zoo.nn.dense import embed, gated_mlp, unembed
 from zoo.nn.moe import moe_spec, sparse_moe_block
 from zoo.nn.norms import rms_norm
-from zoo.nn.params import ParamSpec, init_params, logical_axes, normal, ones, stack_specs
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, logical_axes, ones, stack_specs
 from zoo.nn.params import stack_layers as stack_trees, unstack_layers as unstack_trees
 from zoo.nn.rope import rope_cos_sin
 from zoo.nn.scan import Segment, plan_segments
@@ -69,15 +69,7 @@ def layers_param_spec(cfg: MixtralConfig) -> Any:
 
 
 def param_specs(cfg: MixtralConfig) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_tokens": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_param_spec(cfg),
-        "norm": {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)},
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_param_spec(cfg), {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)})
 
 
 def init(cfg: MixtralConfig, key: jax.Array) -> Params:

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 
 from zoo.models.llama import model as llama
-from zoo.models.llama.model import KVCache, default_position_ids, init_cache, mask_info, run_layers, update_kv
+from zoo.models.llama.model import KVCache, init_cache, update_kv
 from zoo.models.olmo2.config import Olmo2Config
 from zoo.nn.attention import MaskInfo, attention
-from zoo.nn.dense import embed, gated_mlp, project, unembed
+from zoo.nn.dense import gated_mlp, project, unembed
 from zoo.nn.norms import rms_norm
-from zoo.nn.params import ParamSpec, init_params, layers_spec, logical_axes, normal, ones
-from zoo.nn.rope import apply_rope, rope_cos_sin
+from zoo.nn.params import ParamSpec, decoder_param_specs, init_params, layers_spec, logical_axes, ones
+from zoo.nn.rope import apply_rope
 from zoo.sharding import constrain
 
 Params = dict[str, Any]
@@ -36,15 +36,8 @@ def layer_spec(cfg: Olmo2Config) -> Params:
 
 
 def param_specs(cfg: Olmo2Config) -> Params:
-    w = normal(cfg.initializer_range)
-    specs: Params = {
-        "embed_tokens": {"embedding": ParamSpec((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), w)},
-        "layers": layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
-        "norm": {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)},
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = {"kernel": ParamSpec((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), w)}
-    return specs
+    return decoder_param_specs(cfg, layers_spec(layer_spec(cfg), cfg.num_hidden_layers, cfg.scan_layers),
+                               {"scale": ParamSpec((cfg.hidden_size,), ("norm",), ones)})
 
 
 def init(cfg: Olmo2Config, key: jax.Array) -> Params:
@@ -104,19 +97,9 @@ def forward_hidden(
     inputs_embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any] | None]:
     """Final hidden states [b, t, d] (after the last norm) and the updated cache."""
-    if inputs_embeds is None:
-        x = embed(params["embed_tokens"]["embedding"], input_ids, cfg.compute_dtype)
-    else:
-        x = inputs_embeds.astype(cfg.compute_dtype)
-    ids_like = x[..., 0].astype(jnp.int32)
-    x = constrain(x, ("batch", "seq", "act_embed"))
-    if position_ids is None:
-        position_ids = default_position_ids(ids_like, cache)
-    cos, sin = rope_cos_sin(cfg.rope, position_ids, cfg.compute_dtype)
-    info, cache = mask_info(ids_like, attention_mask, segment_ids, cache)
-    x, cache = run_layers(params["layers"], cfg, x, cos, sin, info, cache, layer_fn=decoder_layer)
-    if cache is not None:
-        cache = {**cache, "index": cache["index"] + x.shape[1]}
+    x, cache = llama.rope_decoder_hidden(params, cfg, input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids, cache=cache, segment_ids=segment_ids,
+                                         inputs_embeds=inputs_embeds, layer_fn=decoder_layer)
     return norm(params["norm"]["scale"], x, cfg.rms_norm_eps), cache
 
 
