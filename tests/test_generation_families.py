@@ -61,6 +61,16 @@ COMMON_KW = dict(max_new_tokens=8, eos_token_id=None, pad_token_id=0)
 _MODELS: dict = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny torch models on 2 busy cores: torch's thread pool fighting XLA's made each HF
+    generate take seconds instead of milliseconds. Restored afterwards for other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _config(family: str) -> dict:
     cfg_cls, _, extra = DECODERS[family]
     return extra if family == "gpt2" else {**COMMON, **extra}
