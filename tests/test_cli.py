@@ -221,7 +221,7 @@ def test_chat_through_stdin_with_clear_and_exit(tiny_chat_dir, oracle, cache_dir
 
 def test_chat_ctrl_c_stops_the_answer_not_the_session(tiny_chat_dir, cache_dir):
     p = subprocess.Popen([sys.executable, "-m", "zoo", "chat", "--model", str(tiny_chat_dir),
-                          "--max-new-tokens", "400", "--min-new-tokens", "400"],
+                          "--max-new-tokens", "200", "--min-new-tokens", "200"],  # 2 turns fit 512
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=zoo_env(cache_dir), cwd=ROOT)
     os.set_blocking(p.stdout.fileno(), False)

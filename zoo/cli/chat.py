@@ -7,7 +7,11 @@ stdin line by line, so it can be driven by a pipe.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from typing import Any, Iterator
 
 from zoo.cli.common import TextStreamer, add_model_argument, add_sampling_arguments, load_model, sampling_kwargs
 
@@ -18,6 +22,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--system", default=None, help="system prompt")
     add_sampling_arguments(parser, default_max_new=256)
+
+
+class AnswerStopped(Exception):
+    """Ctrl-C during an answer, raised at a safe point (between decoded chunks)."""
+
+
+class StoppableStreamer(TextStreamer):
+    """Streams like TextStreamer; once ``stop`` is set, the next chunk ends the answer. Raising
+    from here, on the host between compiled chunks, never interrupts JAX mid-dispatch."""
+
+    def __init__(self, tokenizer: Any, stop: threading.Event):
+        super().__init__(tokenizer)
+        self.stop = stop
+
+    def put(self, ids: Any) -> None:
+        if self.stop.is_set():
+            raise AnswerStopped
+        super().put(ids)
+
+
+@contextlib.contextmanager
+def ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While answering, SIGINT only sets ``stop`` (a KeyboardInterrupt raised inside JAX's
+    dispatch or compile could leave a lock held and hang the next answer)."""
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def fresh_history(system: str | None) -> list[dict[str, str]]:
@@ -57,16 +90,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"unknown command {text.split()[0]}; {HELP}", file=sys.stderr, flush=True)
             continue
         history.append({"role": "user", "content": text})
-        streamer = TextStreamer(tok)
+        stop = threading.Event()
+        streamer = StoppableStreamer(tok, stop)
         try:  # Ctrl-C anywhere in the turn ends the answer, never the session
             print("assistant> ", end="", flush=True)
-            ids = tok.apply_chat_template(history, add_generation_prompt=True, return_dict=False)
-            model.generate([ids], streamer=streamer, tokenizer=tok, seed=args.seed + turn, stream_chunk_size=2,
-                           **kwargs)
-        except KeyboardInterrupt:
+            with ctrl_c_sets(stop):
+                ids = tok.apply_chat_template(history, add_generation_prompt=True, return_dict=False)
+                model.generate([ids], streamer=streamer, tokenizer=tok, seed=args.seed + turn,
+                               stream_chunk_size=2, **kwargs)
+            if stop.is_set():  # Ctrl-C after the last chunk
+                raise AnswerStopped
+        except (AnswerStopped, KeyboardInterrupt):
             print(" [stopped]", end="", flush=True)
         except ValueError as err:  # e.g. the conversation outgrew the context: say so, keep the session
-            print(f"\n[zoo chat] {err}; /clear starts over", file=sys.stderr, flush=True)
+            print(flush=True)
+            print(f"[zoo chat] {err}; /clear starts over", file=sys.stderr, flush=True)
             history.pop()
             continue
         print(flush=True)

@@ -75,8 +75,10 @@ class TextStreamer:
             return
         self.ids.extend(ids)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # A character still being completed decodes as at most 4 trailing U+FFFD (UTF-8 is <= 4
+        # bytes); hold those back, but no more, so a model that emits invalid bytes still streams.
         end = len(self.text)
-        while end > self.printed and self.text[end - 1] == "\ufffd":
+        while end > max(self.printed, len(self.text) - 4) and self.text[end - 1] == "\ufffd":
             end -= 1
         self._write(end)
 
