@@ -260,7 +260,7 @@ def test_chat_ctrl_c_stops_the_answer_not_the_session(tiny_chat_dir, cache_dir):
 
 # ---------------------------------------------------------------- serve and bench
 def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(tiny_chat_dir, oracle, cache_dir):
-    openai = pytest.importorskip("openai")
+    import openai  # in the test extra
     import socket
     import urllib.request
 
