@@ -126,6 +126,21 @@ def test_greedy_generate_across_original_max_position_embeddings(crossing_model,
     assert not np.array_equal(stale.sequences, ref.sequences.numpy())
 
 
+def test_beam_search_across_original_max_position_embeddings(crossing_model, monkeypatch):
+    """Beam search (Transformers' prepare_inputs_for_generation serves it too): the beams' sequences are
+    re-run with the long factors at the same step."""
+    hf, model = crossing_model
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=2, seq=5, seed=0)
+    kw = dict(max_new_tokens=10, eos_token_id=None, num_beams=2, num_return_sequences=2)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False, **kw).numpy()
+    np.testing.assert_array_equal(model.generate(ids, attention_mask=mask, **kw), ref)
+    import zoo.models.phi3 as phi3
+
+    monkeypatch.delattr(phi3, "cache_reset_length")
+    assert not np.array_equal(model.generate(ids, attention_mask=mask, **kw), ref)
+
+
 def test_sequence_classification(tmp_path):
     hf = make_hf_model("Phi3Config", "Phi3ForSequenceClassification", **BASE, num_labels=3)
     ids, mask = left_padded_batch(BASE["vocab_size"])
