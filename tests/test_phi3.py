@@ -141,6 +141,20 @@ def test_beam_search_across_original_max_position_embeddings(crossing_model, mon
     assert not np.array_equal(model.generate(ids, attention_mask=mask, **kw), ref)
 
 
+def test_assisted_across_original_max_position_embeddings_falls_back_to_plain(crossing_model):
+    """A verification forward spanning the switch would mix factors; assisted decoding hands the call to
+    plain decoding (same greedy tokens, which equal Transformers' plain greedy) and says so."""
+    hf, model = crossing_model
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=1, seq=5, seed=0)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False, max_new_tokens=10,
+                          eos_token_id=None).numpy()
+    for extra in (dict(prompt_lookup_num_tokens=3), dict(assistant_model=model, num_assistant_tokens=3)):
+        with pytest.warns(UserWarning, match="falls back to plain decoding"):
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, **extra)
+        np.testing.assert_array_equal(out, ref)
+
+
 def test_sequence_classification(tmp_path):
     hf = make_hf_model("Phi3Config", "Phi3ForSequenceClassification", **BASE, num_labels=3)
     ids, mask = left_padded_batch(BASE["vocab_size"])

@@ -24,6 +24,7 @@ never fed. Rejected tokens are forgotten by emptying their slots (``truncate_cac
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -32,8 +33,9 @@ import numpy as np
 
 from zoo.generation.cache import init_cache, truncate_cache
 from zoo.generation.config import GenerationConfig
-from zoo.generation.decode import (bucket_length, check_streamer, choose, collect_output, keep_rows, left_pad,
-                                   output_buffers, position_ids_from_mask, run_chunks, stop_string_matcher)
+from zoo.generation.decode import (bucket_length, cache_reset_length, check_streamer, choose, collect_output,
+                                   keep_rows, left_pad, output_buffers, position_ids_from_mask, run_chunks,
+                                   sample_or_greedy, stop_string_matcher)
 from zoo.generation.logits_process import build_logits_processor
 from zoo.generation.stopping_criteria import is_eos
 from zoo.models import get_family
@@ -251,6 +253,14 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
             raise ValueError("num_return_sequences > 1 needs do_sample=True")
         ids, mask = np.repeat(ids, gen.num_return_sequences, 0), np.repeat(mask, gen.num_return_sequences, 0)
     b, t = ids.shape
+    reset = cache_reset_length(model)
+    if reset is not None and t < reset <= t + gen.max_new_tokens + k - 1:
+        # a verification forward could reach the length where the model's cache must be rebuilt (Phi-3
+        # longrope switching factors); plain decoding does that exactly, and greedy output is the same
+        warnings.warn(f"assisted decoding falls back to plain decoding: this generation crosses the length "
+                      f"({reset}) at which {model.config.model_type} recomputes its cache", stacklevel=3)
+        return sample_or_greedy(model, gen, ids, mask, key, streamer=streamer, tokenizer=tokenizer,
+                                processors=processors, chunk=chunk)
     bucket = bucket_length(t)
     pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
     matcher = stop_string_matcher(gen, tokenizer)

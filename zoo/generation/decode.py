@@ -264,6 +264,11 @@ recompute_fn = jax.jit(_recompute, static_argnames=("gen", "prompt_len", "length
                        donate_argnames=("state",))
 
 
+def cache_reset_length(model: Any) -> int | None:
+    hook = getattr(get_family(model.config.model_type), "cache_reset_length", None)
+    return None if hook is None else hook(model.config)
+
+
 def cache_reset_index(model: Any, prompt_len: int, bucket: int, total: int) -> int | None:
     """``cur_len`` (in the bucketed buffer) at which the cache must be dropped and rebuilt, or None.
 
@@ -272,8 +277,7 @@ def cache_reset_index(model: Any, prompt_len: int, bucket: int, total: int) -> i
     Transformers twin discards the cache once, provided the cache then holds fewer tokens
     (Phi-3 longrope). Only a generation that starts below it and reaches it recomputes.
     """
-    hook = getattr(get_family(model.config.model_type), "cache_reset_length", None)
-    n = None if hook is None else hook(model.config)
+    n = cache_reset_length(model)
     if n is None or prompt_len >= n:
         return None
     at = bucket - prompt_len + n
