@@ -332,3 +332,43 @@ def test_bad_inputs_give_clear_errors(llama):
         model.generate(np.array([[3, -2, 5]]), max_new_tokens=3)
     # padded (masked) slots may hold anything, as with Transformers
     model.generate(np.array([[-1, 4, 5]]), attention_mask=np.array([[0, 1, 1]]), max_new_tokens=2)
+
+
+class _NullStreamer:
+    def put(self, value):
+        pass
+
+    def end(self):
+        pass
+
+
+BAD_INPUTS = [  # (input_ids, attention_mask, generate kwargs, error message)
+    ([[3, 4, 5]], None, dict(max_new_tokens=62, prompt_lookup_num_tokens=2), "65 exceeds the model's context of 64"),
+    ([[3, 4, 5]], None, dict(max_new_tokens=62, num_beams=2), "65 exceeds the model's context of 64"),
+    ([[3, 4, 5]], None, dict(max_length=100), "100 exceeds the model's context of 64"),
+    ([[3, 4, 5]], None, dict(do_sample=True, temperature=-1.0, max_new_tokens=3), "temperature"),
+    ([[3, 4, 5]], None, dict(do_sample=True, temperature=0.0, num_beams=2, max_new_tokens=3), "temperature"),
+    ([[3, 4, 5]], None, dict(do_sample=True, temperature=0.0, prompt_lookup_num_tokens=2, max_new_tokens=3),
+     "temperature"),
+    (np.zeros((0, 3), int), None, dict(max_new_tokens=3), r"empty or badly shaped.*\(0, 3\)"),
+    ([[3, 4, 5], [6, 7, 8]], [[1, 1, 1], [0, 0, 0]], dict(max_new_tokens=3), "row has no tokens"),
+    ([[3, 4, 5]], np.ones((1, 1, 3)), dict(max_new_tokens=3), r"attention_mask shape \(1, 1, 3\) does not match"),
+    ([[3, 4, 5]], np.ones((2, 3)), dict(max_new_tokens=3, num_beams=2), r"attention_mask shape \(2, 3\)"),
+    ([[3, 4, 5]], np.ones((1, 2)), dict(max_new_tokens=3, prompt_lookup_num_tokens=2), r"attention_mask shape"),
+    ([[3.0, 4.0]], None, dict(max_new_tokens=3), "must be integers"),
+    ([[3, 4, 5]], None, dict(num_beams=2, prompt_lookup_num_tokens=2, max_new_tokens=3), "num_beams > 1"),
+    ([[3, 4, 5]], None, dict(prompt_lookup_num_tokens=-1, max_new_tokens=3), "positive integer, got -1"),
+    ([[3, 4, 5]], None, dict(num_beams=2, max_new_tokens=3, streamer=_NullStreamer()), "beam search"),
+    ([[3, 4], [5, 6]], None, dict(max_new_tokens=3, streamer=_NullStreamer()), "batch size 1"),
+    ([[3, 4], [5, 6]], None, dict(max_new_tokens=3, streamer=_NullStreamer(), prompt_lookup_num_tokens=2),
+     "batch size 1"),
+    ([[3, 4, 5]], None, dict(max_new_tokens=3, stop_strings=["ab"]), "needs the tokenizer"),
+]
+
+
+@pytest.mark.parametrize("ids,mask,kw,match", BAD_INPUTS)
+def test_bad_input_is_named_for_every_strategy(llama, ids, mask, kw, match):
+    """Issue 3's bad-input list, through plain, beam and assisted decoding alike (raised before compiling)."""
+    _, model = llama
+    with pytest.raises(ValueError, match=match):
+        model.generate(np.asarray(ids), attention_mask=mask, **kw)
