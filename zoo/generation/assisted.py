@@ -33,9 +33,8 @@ import numpy as np
 
 from zoo.generation.cache import init_cache, truncate_cache
 from zoo.generation.config import GenerationConfig
-from zoo.generation.decode import (bucket_length, cache_reset_length, check_streamer, choose, collect_output,
-                                   keep_rows, left_pad, output_buffers, position_ids_from_mask, run_chunks,
-                                   sample_or_greedy, stop_string_matcher)
+from zoo.generation.decode import (bucketed_layout, cache_reset_length, choose, collect_output, keep_rows,
+                                   output_buffers, position_ids_from_mask, run_chunks, sample_or_greedy)
 from zoo.generation.logits_process import build_logits_processor
 from zoo.generation.stopping_criteria import is_eos
 from zoo.models import get_family
@@ -252,7 +251,7 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
         if not gen.do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True")
         ids, mask = np.repeat(ids, gen.num_return_sequences, 0), np.repeat(mask, gen.num_return_sequences, 0)
-    b, t = ids.shape
+    t = ids.shape[1]
     reset = cache_reset_length(model)
     if reset is not None and t < reset <= t + gen.max_new_tokens + k - 1:
         # a verification forward could reach the length where the model's cache must be rebuilt (Phi-3
@@ -261,16 +260,10 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
                       f"({reset}) at which {model.config.model_type} recomputes its cache", stacklevel=3)
         return sample_or_greedy(model, gen, ids, mask, key, streamer=streamer, tokenizer=tokenizer,
                                 processors=processors, chunk=chunk)
-    bucket = bucket_length(t)
-    pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
-    matcher = stop_string_matcher(gen, tokenizer)
-    check_streamer(streamer, b)
-    ids_b, mask_b = left_pad(ids, mask, bucket, pad_id)
-    pad_lens = jnp.asarray((mask_b != 0).argmax(axis=1), jnp.int32)
-    max_new = gen.max_new_tokens
-    total = bucket + max_new
-    state = assisted_prefill_fn(model, assistant_model, gen, jnp.asarray(ids_b), jnp.asarray(mask_b), key,
-                                max_new, k, processors)
+    lay = bucketed_layout(gen, ids, mask, tokenizer=tokenizer, streamer=streamer)
+    bucket, total, pad_lens, matcher = lay.bucket, lay.total, lay.pad_lens, lay.matcher
+    state = assisted_prefill_fn(model, assistant_model, gen, lay.ids, lay.mask, key, gen.max_new_tokens, k,
+                                processors)
 
     def advance(state: AssistState, stop_at: int) -> AssistState:
         return assisted_loop_fn(model, assistant_model, gen, k, state, bucket, pad_lens, jnp.int32(stop_at),
@@ -278,7 +271,7 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
 
     state = run_chunks(advance, state, prompt=ids, bucket=bucket, total=total, streamer=streamer, matcher=matcher,
                        chunk=chunk)
-    return collect_output(state, gen, prompt_len=t, bucket=bucket, total=total, matcher=matcher, pad_id=pad_id)
+    return collect_output(state, gen, prompt_len=t, bucket=bucket, total=total, matcher=matcher, pad_id=lay.pad_id)
 
 
 __all__ = ["assisted_generate", "prompt_lookup_drafts", "AssistState", "check_assisted"]

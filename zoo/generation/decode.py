@@ -340,32 +340,48 @@ def generate(
                             processors=tuple(logits_processor), chunk=stream_chunk_size)
 
 
-def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=None, processors=(), chunk=8):
-    b, t = ids.shape
-    bucket = bucket_length(t)
-    pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
+class Layout(NamedTuple):
+    """A prompt batch placed in its length bucket, and what the host loop needs around it."""
+
+    bucket: int
+    total: int             # bucket + max_new_tokens: the buffer and cache length
+    pad_id: int
+    ids: jax.Array         # [B, bucket] left-padded
+    mask: jax.Array
+    pad_lens: jax.Array    # [B] left padding per row (ours and the caller's), which penalties ignore
+    matcher: StopStringMatcher | None
+
+
+def bucketed_layout(gen: GenerationConfig, ids: np.ndarray, mask: np.ndarray, *, tokenizer: Any = None,
+                    streamer: Any = None) -> Layout:
+    check_streamer(streamer, ids.shape[0])
     matcher = stop_string_matcher(gen, tokenizer)
-    check_streamer(streamer, b)
+    bucket = bucket_length(ids.shape[1])
+    pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
     ids_b, mask_b = left_pad(ids, mask, bucket, pad_id)
-    # left padding per row (ours and the caller's), which repetition penalty ignores as in Transformers
     pad_lens = jnp.asarray((mask_b != 0).argmax(axis=1), jnp.int32)
-    mask_b = jnp.asarray(mask_b)
-    max_new = gen.max_new_tokens
-    total = bucket + max_new
+    return Layout(bucket, bucket + gen.max_new_tokens, pad_id, jnp.asarray(ids_b), jnp.asarray(mask_b), pad_lens,
+                  matcher)
+
+
+def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=None, processors=(), chunk=8):
+    t = ids.shape[1]
+    lay = bucketed_layout(gen, ids, mask, tokenizer=tokenizer, streamer=streamer)
+    bucket, total, pad_lens, matcher = lay.bucket, lay.total, lay.pad_lens, lay.matcher
     reset_at = cache_reset_index(model, t, bucket, total)
     fill = None if reset_at is None else max(bucket, reset_at)  # the recompute writes reset_at tokens at once
-    state = prefill_fn(model, gen, jnp.asarray(ids_b), mask_b, pad_lens, key, max_new, processors, fill)
+    state = prefill_fn(model, gen, lay.ids, lay.mask, pad_lens, key, gen.max_new_tokens, processors, fill)
 
     def advance(state: DecodeState, stop_at: int) -> DecodeState:
         if reset_at is not None and int(state.cur_len) <= reset_at < stop_at:
             state = decode_fn(model, gen, state, bucket, pad_lens, jnp.int32(reset_at), processors)
             if int(state.cur_len) == reset_at and not bool(jnp.all(state.finished)):
-                state = recompute_fn(model, gen, state, mask_b, pad_lens, bucket, reset_at, processors, fill)
+                state = recompute_fn(model, gen, state, lay.mask, pad_lens, bucket, reset_at, processors, fill)
         return decode_fn(model, gen, state, bucket, pad_lens, jnp.int32(stop_at), processors)
 
     state = run_chunks(advance, state, prompt=ids, bucket=bucket, total=total, streamer=streamer, matcher=matcher,
                        chunk=chunk)
-    return collect_output(state, gen, prompt_len=t, bucket=bucket, total=total, matcher=matcher, pad_id=pad_id)
+    return collect_output(state, gen, prompt_len=t, bucket=bucket, total=total, matcher=matcher, pad_id=lay.pad_id)
 
 
 # ---------------------------------------------------------------- host loop shared by plain and assisted decoding
