@@ -645,7 +645,7 @@ def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
                                        sliding_window=sliding_window, softcap=softcap, scale=scale,
                                        q_positions=q_positions, kv_positions=kv_positions)
     segs = ref.split_segment_ids(segment_ids, q_len, kv_len)
-    bq, bk, bq_b, bk_b = choose_blocks(backend, d, q_len, kv_len, block_q, block_k)
+    bq, bk, bq_b, bk_b = choose_blocks(backend, d, q_len, kv_len, block_q, block_k, interpret)
     lq = _round_up(q_len, math.lcm(bq, bq_b))
     lk = _round_up(kv_len, math.lcm(bk, bk_b))
     heads_major = backend == "mosaic_tpu"

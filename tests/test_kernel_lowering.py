@@ -294,9 +294,41 @@ def test_lowering_check_catches_interpret_mode():
 
 
 def test_tt_dot_check_catches_small_tiles(monkeypatch):
-    """A decode tile of fewer than 16 keys lowers in Pallas but cannot compile in Triton."""
-    q, kv = sds((1, 1, 4, 64), jnp.bfloat16), sds((1, 64, 2, 64), jnp.bfloat16)
+    """An 8-row tl.dot lowers through Pallas but cannot compile in Triton: the check sees it."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    def kernel(a_ref, b_ref, o_ref):
+        o_ref[...] = jnp.dot(a_ref[...], b_ref[...], preferred_element_type=jnp.float32)
+
+    def small_dot(a, b):
+        return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((8, 16), jnp.float32),
+                              compiler_params=plgpu.CompilerParams())(a, b)  # Triton, not Mosaic GPU
+
     with pytest.raises(AssertionError, match="16x16x16"):
-        lower(lambda q, k, v, n: kernels.decode_attention(q, k, v, n, backend="triton", interpret=False,
-                                                          block_k=8),
-              "triton", q, kv, kv, sds((1,), jnp.int32), monkeypatch=monkeypatch)
+        lower(small_dot, "triton", sds((8, 16), jnp.bfloat16), sds((16, 16), jnp.bfloat16),
+              monkeypatch=monkeypatch)
+
+
+def test_blocks_below_the_compiled_minimum_are_clear_errors():
+    """Blocks that would lower but not compile (Triton < 16, TPU < 128 lanes) fail up front,
+    naming the problem; interpret mode still takes them (the CPU tests use 16)."""
+    q = sds((1, 64, 2, 64), jnp.bfloat16)
+    for backend, block in (("triton", 8), ("mosaic_tpu", 64)):
+        with pytest.raises(ValueError, match=f"{backend} kernels need blocks >="):
+            jax.eval_shape(lambda q: kernels.flash_attention(q, q, q, backend=backend, interpret=False,
+                                                             block_q=block, block_k=block), q)
+    jax.eval_shape(lambda q: kernels.flash_attention(q, q, q, backend="mosaic_tpu", interpret=True,
+                                                     block_q=16, block_k=16), q)
+    q1, kv, n = sds((1, 1, 2, 64), jnp.bfloat16), sds((1, 64, 2, 64), jnp.bfloat16), sds((1,), jnp.int32)
+    with pytest.raises(ValueError, match="block_k"):
+        jax.eval_shape(lambda q, k, n: kernels.decode_attention(q, k, k, n, backend="triton", interpret=False,
+                                                                block_k=8), q1, kv, n)
+    with pytest.raises(ValueError, match="page_size must be a power of two"):
+        pages = sds((10, 24, 2, 64), jnp.bfloat16)
+        jax.eval_shape(lambda q, p, t, n: kernels.paged_decode_attention(q, p, p, t, n, backend="triton",
+                                                                         interpret=False),
+                       q1, pages, sds((1, 4), jnp.int32), n)
+    with kernels.pallas_block_sizes(decode_block_k=8), pytest.raises(ValueError, match="decode_block_k"):
+        jax.eval_shape(lambda q, k, n: kernels.decode_attention(q, k, k, n, backend="triton", interpret=False),
+                       q1, kv, n)
