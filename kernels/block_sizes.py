@@ -21,6 +21,13 @@ interpret   any       as triton             as triton             16
 * Shapes: a block never exceeds the next power of two of the sequence length
   (floored at the smallest block the backend compiles: 16 for Triton's
   ``tl.dot``, 128 for TPU lanes), so short prompts do not pad to 128 rows.
+  Explicit blocks below that floor are a ValueError for compiled kernels (they
+  would lower, then fail in the device compiler); interpret mode takes any.
+* The issue's benchmark shapes lower with these defaults (checked by
+  tests/test_kernel_lowering.py): prefill b=2, 32 heads, 4096 tokens, d=128,
+  bf16 -> Triton (128, 64) fwd / (64, 64) bwd, 8 warps; TPU (256, 512) fwd /
+  (256, 256) bwd, about 5 MiB VMEM per kernel. Decode at 8k/128k context,
+  32 q / 8 kv heads, batch 4 -> block_k 64, 8 splits, 32 query rows per tile.
 
 None of this is autotuned. Override per call with ``block_q=`` / ``block_k=``
 (:func:`kernels.flash_attention`, :func:`kernels.decode_attention`), or for the

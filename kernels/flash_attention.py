@@ -12,8 +12,10 @@ Why it looks like this:
   directly; Mosaic TPU wants ``heads`` out of the two minor (tiled) dims, so the
   wrapper transposes to ``[batch, heads, len, head_dim]`` first.
 * **GQA without repeating K/V.** The kv BlockSpec maps query head ``h`` to kv
-  head ``h // group``; the dK/dV kernel runs per kv head and loops over the
-  ``group`` query heads that share it, so neither direction copies K/V.
+  head ``h // group``, so neither direction copies K/V. The dK/dV kernel runs per
+  query head (computed transposed, keys on rows, so per-query statistics are
+  lane-dense rows); with GQA each query head writes an fp32 partial and a jnp sum
+  over the group gives dK/dV.
 * **Backward recomputes.** The forward saves only ``o`` and the per-row
   log-sum-exp; the backward is two kernels (dK/dV per kv block, dQ per q block)
   that rebuild the probabilities tile by tile, so no ``[q_len, kv_len]`` array
@@ -27,10 +29,12 @@ The masking semantics are defined in :mod:`kernels.reference`.
 Limits worth knowing:
 
 * Per (batch, head) program the forward and dQ kernels address the whole K/V
-  of that head (the dK/dV kernel: the whole Q/dO of the head group). On GPU
-  that is just a pointer; on TPU it is a VMEM buffer, so the Mosaic path is
-  meant for sequences up to a few thousand tokens per head (beyond that use a
-  grid-pipelined kernel such as splash attention).
+  of that head (the dK/dV kernel: the whole Q/dO of that query head). On GPU
+  that is just a pointer; on TPU it is a VMEM buffer (about 5 MiB per kernel at
+  4096 tokens, head_dim 128, bf16; linear in length), so each TPU kernel asks
+  for a VMEM limit sized from its blocks and past 64 MiB (roughly 32k tokens)
+  raises a clear error: beyond that use a grid-pipelined kernel such as splash
+  attention, or backend="xla".
 * Blocks skipped outright: beyond the causal diagonal and outside the sliding
   window. Segment ids are only masked, never used to skip blocks.
 * fp32 inputs use full-precision (IEEE) dots; bf16/fp16 use the tensor-core
@@ -38,7 +42,9 @@ Limits worth knowing:
 * ``pallas_call`` is not auto-partitioned: under a sharded ``jit`` call it
   inside ``shard_map`` (batch/heads split freely; sequence is not split).
 * Verified here: interpret mode on CPU (both layouts) and Triton / Mosaic
-  *lowering* (``jax.export``); the device compile and speed need a GPU/TPU.
+  *lowering* (``jax.export`` for cuda / tpu, tests/test_kernel_lowering.py). Not
+  verified: XLA's Triton -> PTX compile and libtpu's Mosaic compile (layouts,
+  the real VMEM use), correctness on a device and speed: they need a GPU/TPU.
 """
 
 from __future__ import annotations
@@ -115,14 +121,67 @@ def _padded_head_dim(backend: str, interpret: bool, head_dim: int) -> int:
     return head_dim
 
 
-def _compiler_params(cfg: FlashConfig, head_dim: int, ndims: int):
+def _compiler_params(cfg: FlashConfig, head_dim: int, ndims: int, vmem_bytes: int = 0):
     if cfg.interpret:
         return None
     if cfg.backend == "triton":
         from jax.experimental.pallas import triton as plgpu
         return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
     from jax.experimental.pallas import tpu as pltpu
-    return pltpu.CompilerParams(dimension_semantics=("parallel",) * ndims)
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * ndims,
+                                vmem_limit_bytes=tpu_vmem_limit(vmem_bytes))
+
+
+# TPU VMEM: what a Mosaic kernel gets unless it asks (v5e: 16 MiB scoped, v6e: 32 MiB), and the
+# most we ask for (v7x has 64 MiB of VMEM per core, the least of current TPUs).
+TPU_DEFAULT_VMEM = 16 * 2**20
+TPU_MAX_VMEM = 64 * 2**20
+
+
+def tpu_block_bytes(block_shape, dtype) -> int:
+    """VMEM of one block: the two minor dims padded to (8 * packing, 128) tiles."""
+    dims = [1 if n is None else int(n) for n in block_shape]
+    dims = [1] * (2 - len(dims)) + dims
+    itemsize = jnp.dtype(dtype).itemsize
+    sublanes = 8 * max(1, 4 // itemsize)
+    rows, lanes = _round_up(dims[-2], sublanes), _round_up(dims[-1], 128)
+    return math.prod(dims[:-2]) * rows * lanes * itemsize
+
+
+def tpu_vmem_estimate(specs, arrays) -> int:
+    """Bytes of VMEM the pipelined blocks of a pallas_call take: every block double-buffered.
+    Values inside the kernel (score tiles, accumulators) come on top, hence the margin below."""
+    return sum(2 * tpu_block_bytes(spec.block_shape, x.dtype) for spec, x in zip(specs, arrays))
+
+
+def tpu_vmem_limit(estimate: int) -> int | None:
+    """None (the default) when the blocks fit the smallest default with room to spare; else
+    the estimate plus 50% and 4 MiB for in-kernel values, or a clear error past what any
+    current TPU has (these kernels keep one head's whole K/V, or Q/dO, in VMEM)."""
+    if estimate <= TPU_DEFAULT_VMEM // 2:
+        return None
+    limit = _round_up(estimate + estimate // 2 + 4 * 2**20, 2**20)
+    if limit > TPU_MAX_VMEM:
+        raise ValueError(
+            f"flash_attention on TPU would need ~{limit / 2**20:.0f} MiB of VMEM (> {TPU_MAX_VMEM >> 20} MiB): "
+            "this kernel holds one head's whole K/V (and Q/dO in the backward) in VMEM, so the "
+            "sequence is too long for it; use backend='xla', shorter sequences or smaller head_dim")
+    return limit
+
+
+def _pallas(kernel, cfg: FlashConfig, *, grid, in_specs, out_specs, out_shape, name: str, head_dim: int):
+    """pallas_call with the backend's compiler params (TPU: a VMEM limit from the block sizes)."""
+    def call(*args):
+        vmem = 0
+        if cfg.backend == "mosaic_tpu" and not cfg.interpret:
+            outs = out_shape if isinstance(out_shape, (list, tuple)) else [out_shape]
+            o_specs = out_specs if isinstance(out_specs, (list, tuple)) else [out_specs]
+            vmem = tpu_vmem_estimate([*in_specs, *o_specs], [*args, *outs])
+        return pl.pallas_call(
+            functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs, out_specs=out_specs,
+            out_shape=out_shape, compiler_params=_compiler_params(cfg, head_dim, len(grid), vmem),
+            interpret=cfg.interpret, name=name)(*args)
+    return call
 
 
 # --------------------------------------------------------------------------- shared tile math
@@ -483,16 +542,9 @@ def _forward_call(q, k, v, side, cfg: FlashConfig):
     lse_shape = jax.ShapeDtypeStruct((b, hq, lq, 1), jnp.float32)
     out_specs = [_tile_spec(cfg, cfg.block_q, d, _same, _same),
                  pl.BlockSpec((None, None, cfg.block_q, 1), lambda b_, h, i: (b_, h, i, 0))]
-    return pl.pallas_call(
-        functools.partial(_fwd_kernel, cfg=cfg),
-        grid=(b, hq, lq // cfg.block_q),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), lse_shape],
-        compiler_params=_compiler_params(cfg, d, 3),
-        interpret=cfg.interpret,
-        name="flash_attention_fwd",
-    )(*args)
+    return _pallas(_fwd_kernel, cfg, grid=(b, hq, lq // cfg.block_q), in_specs=in_specs,
+                   out_specs=out_specs, out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), lse_shape],
+                   name="flash_attention_fwd", head_dim=d)(*args)
 
 
 def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
@@ -523,16 +575,10 @@ def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
         per_q_head = (b, hq, lk, d) if cfg.heads_major else (b, lk, hq, d)
         dkv_shapes = [jax.ShapeDtypeStruct(per_q_head, jnp.float32)] * 2
     rows = lambda x: x.reshape(b, hq, 1, lq)  # noqa: E731  [b, h, Lq, 1] -> [b, h, 1, Lq], free
-    dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, cfg=cfg),
-        grid=(b, hq, lk // bk),
-        in_specs=in_specs,
-        out_specs=[_tile_spec(cfg, bk, d, _same, _same)] * 2,
-        out_shape=dkv_shapes,
-        compiler_params=_compiler_params(cfg, d, 3),
-        interpret=cfg.interpret,
-        name="flash_attention_dkv",
-    )(q, k, v, do, rows(lse), rows(delta), *_transpose_side(side, cfg))
+    dk, dv = _pallas(_dkv_kernel, cfg, grid=(b, hq, lk // bk), in_specs=in_specs,
+                     out_specs=[_tile_spec(cfg, bk, d, _same, _same)] * 2, out_shape=dkv_shapes,
+                     name="flash_attention_dkv", head_dim=d,
+                     )(q, k, v, do, rows(lse), rows(delta), *_transpose_side(side, cfg))
     if g > 1:
         dk, dv = (_sum_group(x, hk, g, cfg.heads_major).astype(y.dtype) for x, y in ((dk, k), (dv, v)))
 
@@ -543,16 +589,10 @@ def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
                 _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
                 _tile_spec(cfg, bq, d, _same, _same), stat_tile, stat_tile]
     in_specs += _side_specs(cfg, bq, lk, q_full=False, kv_full=True)
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg),
-        grid=(b, hq, lq // bq),
-        in_specs=in_specs,
-        out_specs=_tile_spec(cfg, bq, d, _same, _same),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=_compiler_params(cfg, d, 3),
-        interpret=cfg.interpret,
-        name="flash_attention_dq",
-    )(q, k, v, do, lse, delta, *side)
+    dq = _pallas(_dq_kernel, cfg, grid=(b, hq, lq // bq), in_specs=in_specs,
+                 out_specs=_tile_spec(cfg, bq, d, _same, _same),
+                 out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), name="flash_attention_dq",
+                 head_dim=d)(q, k, v, do, lse, delta, *side)
     return dq, dk, dv
 
 

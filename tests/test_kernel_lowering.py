@@ -26,7 +26,7 @@ from jax import export
 from jax._src.pallas.triton import lowering as triton_lowering
 
 import kernels
-from kernels import flash_attention as fa
+from kernels.flash_attention import TPU_DEFAULT_VMEM, TPU_MAX_VMEM
 
 sds = jax.ShapeDtypeStruct
 PLATFORMS = {"triton": "cuda", "mosaic_tpu": "tpu"}
@@ -169,6 +169,60 @@ def test_flash_block_overrides_lower(monkeypatch):
           monkeypatch=monkeypatch)
     lower(with_grads(flash_fn("mosaic_tpu", (), causal=True, block_q=128, block_k=128)), "mosaic_tpu",
           *args)
+
+
+def pallas_calls(fn, *args) -> list:
+    """The pallas_call equations anywhere in fn's jaxpr (through jit, custom_vjp, scan)."""
+    import jax.extend.core as jax_core
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "pallas_call":
+                found.append(eqn)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(sub, jax_core.ClosedJaxpr):
+                        walk(sub.jaxpr)
+                    elif isinstance(sub, jax_core.Jaxpr):
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def vmem_of_blocks(eqn) -> int:
+    """Double-buffered VMEM of a TPU pallas_call's blocks, from the grid mapping Pallas uses:
+    (8 * packing, 128)-tiled minor dims."""
+    total = 0
+    for bm in eqn.params["grid_mapping"].block_mappings:
+        *lead, rows, lanes = (1, 1, *bm.block_aval.shape)
+        item = jnp.dtype(bm.array_aval.dtype).itemsize
+        sub = 8 * max(1, 4 // item)
+        total += 2 * int(jnp.prod(jnp.array(lead))) * (-(-rows // sub) * sub) * (-(-lanes // 128) * 128) * item
+    return total
+
+
+@pytest.mark.parametrize("seq,kv_heads", [(4096, 32), (4096, 8), (16384, 8)])
+def test_tpu_kernels_ask_for_the_vmem_their_blocks_need(seq, kv_heads):
+    """libtpu (not run here) rejects a kernel whose buffers pass its scoped VMEM limit (16 MiB
+    by default on v5e). Every TPU kernel, forward and backward, at the benchmark shape, its GQA
+    variant and a 16k sequence, must fit its limit with 4 MiB to spare for in-kernel values."""
+    q = sds((2, seq, 32, 128), jnp.bfloat16)
+    kv = sds((2, seq, kv_heads, 128), jnp.bfloat16)
+    calls = pallas_calls(with_grads(flash_fn("mosaic_tpu", (), causal=True)), q, kv, kv)
+    assert len(calls) == 3
+    for eqn in calls:
+        need = vmem_of_blocks(eqn) + 4 * 2**20
+        limit = eqn.params["compiler_params"].vmem_limit_bytes or TPU_DEFAULT_VMEM
+        assert need <= limit <= TPU_MAX_VMEM, (str(eqn.params["name"]), need >> 20, limit >> 20)
+
+
+def test_tpu_sequence_too_long_for_vmem_is_a_clear_error():
+    q = sds((1, 131072, 4, 128), jnp.bfloat16)
+    with pytest.raises(ValueError, match="MiB of VMEM"):
+        jax.eval_shape(lambda q: kernels.flash_attention(q, q, q, causal=True, backend="mosaic_tpu",
+                                                         interpret=False), q)
 
 
 # --------------------------------------------------------------------------- decode attention
