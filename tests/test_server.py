@@ -21,6 +21,7 @@ MAX_MODEL_LEN = 96  # < MAX_PROMPT + MAX_TOKENS, so their sum can be refused on 
 MAX_PROMPT = 64
 MAX_TOKENS = 48
 MAX_QUEUED = 40
+CHUNK = 16  # chunked prefill: chat prompts here span two to four chunks
 
 
 def free_port() -> int:
@@ -70,7 +71,8 @@ def server(tiny_chat_dir):
 
     tok = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_chat_dir), scan_layers=False)
-    engine = Engine(model, tok, max_batch=8, page_size=16, max_model_len=MAX_MODEL_LEN, max_queued=MAX_QUEUED)
+    engine = Engine(model, tok, max_batch=8, page_size=16, max_model_len=MAX_MODEL_LEN, max_queued=MAX_QUEUED,
+                    prefill_chunk_size=CHUNK)
     engine.warmup((8, 16, 32))
     engine.start()
     app = build_app(engine, MODEL, max_prompt_tokens=MAX_PROMPT, max_tokens=MAX_TOKENS)
@@ -426,14 +428,21 @@ def test_engine_failure_answers_500_and_server_recovers(server, monkeypatch):
     streaming), gives their pages back, and the engine goes on."""
     from zoo.generation import paged
 
-    engine = server.engine
     server.wait_idle()
-    real_prefill = paged.prefill_into_pages
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device failure")
 
-    monkeypatch.setattr(paged, "prefill_into_pages", broken)
+    with monkeypatch.context() as patched:  # whole-prompt and chunked prefill alike
+        patched.setattr(paged, "prefill_into_pages", broken)
+        patched.setattr(paged, "prefill_chunk_into_pages", broken)
+        check_failures_answer_500(server)
+    r = server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,
+                                                extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
+
+
+def check_failures_answer_500(server):
     status, body = server.raw("POST", "/v1/chat/completions", json.dumps(
         {"model": MODEL, "messages": MESSAGES, "max_tokens": 4}))
     assert_openai_error(status, body, 500, "engine_error")
@@ -443,7 +452,3 @@ def test_engine_failure_answers_500_and_server_recovers(server, monkeypatch):
     with pytest.raises(openai.APIError, match="simulated device failure"):
         list(server.client().completions.create(model=MODEL, prompt="hi", max_tokens=4, stream=True))
     server.wait_idle()
-    monkeypatch.setattr(paged, "prefill_into_pages", real_prefill)
-    r = server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,
-                                                extra_body={"ignore_eos": True})
-    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
