@@ -250,16 +250,46 @@ def paged_decode_step(model: Any, pages: PagedKV, tokens: Any, positions: Any, t
 # ---------------------------------------------------------------- chunked prefill
 def _chunk_attention(q, k_pages, v_pages, tables, q_positions, kv_len, scale, window):
     """Attention of a chunk's queries [n, C, H, d] through the block tables [n, W]: key slot j
-    of a row holds position j; slots at or past ``kv_len`` [n] are empty. Gathers the pages
-    (XLA; the score matrix is [C, W * page_size] per head)."""
-    from kernels.reference import decode_attention_reference, gather_pages
+    of a row holds position j; slots at or past ``kv_len`` [n] are empty. Flash-style: a loop
+    over blocks of about C keys with an online softmax, from the first block a query can see
+    (its window) to the last filled one, so the work and memory follow the sequence's length,
+    not the table width (max_model_len)."""
+    n, c, hq, d = q.shape
+    ps, hk = k_pages.shape[1], k_pages.shape[2]
+    g = hq // hk
+    block_pages = max(1, c // ps)
+    bk = block_pages * ps
+    w = tables.shape[1]
+    tables = jnp.pad(tables, ((0, 0), (0, -(-w // block_pages) * block_pages - w)))  # pad: scratch page
+    qg = q.astype(jnp.float32).reshape(n, c, hk, g, d)
+    q_pos = q_positions[:, None, None, :, None]  # [n, 1, 1, C, 1]
+    hi = (jnp.max(kv_len) + bk - 1) // bk
+    lo = 0 if window is None else jnp.maximum(jnp.min(q_positions[:, 0]) - window + 1, 0) // bk
 
-    k = gather_pages(k_pages, tables)
-    v = gather_pages(v_pages, tables)
-    slots = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :]
-    kv_positions = jnp.where(slots < kv_len[:, None], slots, -1)
-    return decode_attention_reference(q, k, v, scale=scale, sliding_window=window, q_positions=q_positions,
-                                      kv_positions=kv_positions, causal=True)
+    def block(j, carry):
+        m, l, acc = carry
+        ids = jax.lax.dynamic_slice_in_dim(tables, j * block_pages, block_pages, axis=1)
+        k = k_pages[ids].reshape(n, bk, hk, d).astype(jnp.float32)
+        v = v_pages[ids].reshape(n, bk, hk, d).astype(jnp.float32)
+        kv_pos = (j * bk + jnp.arange(bk, dtype=jnp.int32))[None, None, None, None, :]
+        visible = (kv_pos <= q_pos) & (kv_pos < kv_len[:, None, None, None, None])
+        if window is not None:
+            visible &= kv_pos > q_pos - window
+        s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, precision=jax.lax.Precision.HIGHEST) * scale
+        s = jnp.where(visible, s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.exp(s - m_new[..., None])
+        correction = jnp.exp(m - m_new)
+        l = l * correction + jnp.sum(p, axis=-1)
+        acc = acc * correction[..., None] + jnp.einsum("bhgqk,bkhd->bhgqd", p, v,
+                                                       precision=jax.lax.Precision.HIGHEST)
+        return m_new, l, acc
+
+    init = (jnp.full((n, hk, g, c), -1e30, jnp.float32), jnp.zeros((n, hk, g, c), jnp.float32),
+            jnp.zeros((n, hk, g, c, d), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(lo, hi, block, init)
+    out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # every real query sees itself: l > 0
+    return out.transpose(0, 3, 1, 2, 4).reshape(n, c, hq, d).astype(q.dtype)
 
 
 def _prefill_chunk(model, pages: PagedKV, ids, starts, counts, tables, temperature, top_p, seeds):
