@@ -319,7 +319,8 @@ def test_running_request_streams_while_a_long_prompt_prefills(tiny_chat_dir, chu
     """Request A is decoding when request B, whose prompt is five chunks long, arrives. With
     chunked prefill A gets a token between any two of B's chunks (the order of engine events,
     not timing); prefilled whole, B's prompt goes in in one call. Both answers equal
-    ``generate``'s either way, and B's prompt length compiled no new chunk shape."""
+    ``generate``'s either way, and B's prompt length compiled no new chunk shape. A request
+    cancelled halfway through its prefill gives its row and pages back."""
     import threading
 
     from zoo import AutoModelForCausalLM
@@ -337,12 +338,15 @@ def test_running_request_streams_while_a_long_prompt_prefills(tiny_chat_dir, chu
     prompt_b = tok.encode("the zoo keeps its models as plain functions of their weights and its pages " * 3)[:37]
     assert len(prompt_a) <= CHUNK and len(prompt_b) == 37  # B: 4 x 8 + 5, five chunks, the last ragged
     prefill_calls: list[tuple[int, int, int]] = []  # (first position, tokens, A's tokens so far)
+    cancel_at_16: list = []  # a sequence to cancel while its chunk at position 16 runs
     name = "prefill_chunk_into_pages" if chunked else "prefill_into_pages"
     real = getattr(paged, name)
 
     def recording(model, pages, ids, *args, **kwargs):
         start, count = (args[0][0], args[1][0]) if chunked else (0, args[0][0])
         prefill_calls.append((int(start), int(count), len(a_seq.out)))
+        if cancel_at_16 and start == 16:
+            engine.cancel(cancel_at_16[0])
         return real(model, pages, ids, *args, **kwargs)
 
     monkeypatch.setattr(paged, name, recording)
@@ -365,10 +369,21 @@ def test_running_request_streams_while_a_long_prompt_prefills(tiny_chat_dir, chu
     engine.start()
     try:
         assert done.wait(120), prefill_calls
+        calls_a_b = list(prefill_calls)
+        if chunked:
+            cancelled = threading.Event()
+            c_end: list = []
+            c_sink = lambda e: (c_end.append(e), cancelled.set()) if isinstance(e, Finished) else None  # noqa: E731
+            cancel_at_16.append(engine.submit(prompt_b, SamplingParams(max_tokens=4), c_sink))
+            assert cancelled.wait(60)
+            assert [c[:2] for c in prefill_calls[len(calls_a_b):]] == [(0, 8), (8, 8), (16, 8)]
+            assert (c_end[0].reason, c_end[0].completion_tokens) == ("cancelled", 0)
+            assert engine.allocator.num_free == engine.num_pages - 1
+            assert not engine.prefilling and engine.rows == [None, None]
     finally:
         engine.shutdown()
-    assert prefill_calls[0] == (0, len(prompt_a), 0)
-    b_calls = prefill_calls[1:]
+    assert calls_a_b[0] == (0, len(prompt_a), 0)
+    b_calls = calls_a_b[1:]
     if chunked:
         assert [(s, n) for s, n, _ in b_calls] == [(0, 8), (8, 8), (16, 8), (24, 8), (32, 5)]
         a_progress = [a for _, _, a in b_calls]
