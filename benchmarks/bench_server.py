@@ -215,7 +215,8 @@ def main() -> int:
     ap.add_argument("--long-prompt", type=int, default=1536, help="--mixed: tokens in the long prompt")
     ap.add_argument("--short-clients", type=int, default=4, help="--mixed: clients sending short requests")
     ap.add_argument("--short-requests", type=int, default=6, help="--mixed: requests per short client")
-    ap.add_argument("--prefill-chunk-size", type=int, default=256, help="--mixed: the chunked run's chunk size")
+    ap.add_argument("--prefill-chunk-size", type=int, default=256,
+                    help="chunk size of chunked prefill (--mixed: of the chunked run); 0: whole prompts")
     args = ap.parse_args()
     if args.mixed:
         from zoo.cli.cache import enable_compile_cache, resolve_cache_dir
@@ -230,7 +231,8 @@ def main() -> int:
         model_dir = Path(args.model) if args.model else build_model(Path(tmp), args.hidden, args.layers)
         rows = []
         for batching in ("continuous", "static"):
-            srv = RunningServer(model_dir, batching, args.max_batch, args.max_tokens)
+            srv = RunningServer(model_dir, batching, args.max_batch, args.max_tokens,
+                                prefill_chunk_size=args.prefill_chunk_size or None)
             try:
                 asyncio.run(drive(srv.port, 2, 4, args.max_tokens))  # first-request costs out of the way
                 for c in args.concurrency:

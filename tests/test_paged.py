@@ -296,6 +296,10 @@ def test_chunked_prefill_bad_values_are_clear():
     from zoo.generation import paged
     from zoo.serving.engine import Engine
 
+    assert paged.chunk_shapes(256) == (16, 32, 64, 128, 256)
+    assert paged.chunk_shapes(100) == (25, 50, 100) and paged.chunk_shapes(8) == (8,)
+    assert [paged.chunk_shape(n, 256) for n in (1, 16, 17, 100, 256)] == [16, 16, 32, 128, 256]
+    assert paged.prompt_chunks(27, 8) == [(0, 8), (8, 8), (16, 8), (24, 3)]
     model = tiny_decoder("llama")
     for bad in (0, -16, 2.5, True, "256"):
         with pytest.raises(ValueError, match="prefill_chunk_size must be a positive number of tokens"):

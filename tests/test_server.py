@@ -21,7 +21,7 @@ MAX_MODEL_LEN = 96  # < MAX_PROMPT + MAX_TOKENS, so their sum can be refused on 
 MAX_PROMPT = 64
 MAX_TOKENS = 48
 MAX_QUEUED = 40
-CHUNK = 16  # chunked prefill: chat prompts here span two to four chunks
+CHUNK = 32  # chunked prefill (pieces padded to 16 or 32): longer prompts here span two chunks
 
 
 def free_port() -> int:
@@ -253,6 +253,36 @@ def test_32_concurrent_requests_all_answered(server):
         msgs = [{"role": "user", "content": f"{words[i % len(words)]} {i}"}]
         alone = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8 + i % 5, temperature=0)
         assert answers[i] == alone.choices[0].message.content
+    server.wait_idle()
+
+
+def test_chunked_prefill_answers_equal_generate_and_compile_nothing_new(server):
+    """Prompts shorter than a chunk, exactly one, and up to two chunks with ragged ends (1, 16, 17,
+    32, 33, 50, 64 tokens, against pages of 16) come out as ``generate``'s, sent together so
+    their chunks interleave with each other's decoding; the warmup compiled every chunk shape."""
+    from zoo.generation import paged
+
+    compiles = paged.prefill_chunk_compiles()
+    chunks_before = server.engine.stats["prefill_chunks"]
+    lengths = (1, 16, 17, CHUNK, CHUNK + 1, 50, MAX_PROMPT)
+    prompts = {n: [3 + (7 * i + n) % 250 for i in range(n)] for n in lengths}
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+        try:
+            async def one(n):
+                r = await client.completions.create(model=MODEL, prompt=prompts[n], max_tokens=6, temperature=0,
+                                                    extra_body={"ignore_eos": True})
+                return n, r.choices[0].text
+            return dict(await asyncio.gather(*(one(n) for n in lengths)))
+        finally:
+            await client.close()
+
+    answers = asyncio.run(main())
+    for n in lengths:
+        assert answers[n] == reference(server, prompts[n], 6, ignore_eos=True)[0], f"prompt of {n} tokens"
+    assert paged.prefill_chunk_compiles() == compiles, "a prompt length compiled a new chunk shape"
+    assert server.engine.stats["prefill_chunks"] - chunks_before >= sum(-(-n // CHUNK) for n in lengths)
     server.wait_idle()
 
 

@@ -340,6 +340,25 @@ def check_chunk_size(chunk_size: Any) -> int:
     return int(chunk_size)
 
 
+MIN_CHUNK = 16
+
+
+def chunk_shapes(chunk_size: int) -> tuple[int, ...]:
+    """The padded lengths a prefill chunk runs at: ``chunk_size`` and its halvings down to
+    ``MIN_CHUNK`` (256 -> 16, 32, 64, 128, 256), so a short prompt or a long prompt's last
+    piece does not pay for a whole chunk of padding. A fixed set (log2(chunk / 16) + 1
+    compiles, all made by the server's warmup), whatever the prompt lengths."""
+    sizes = [check_chunk_size(chunk_size)]
+    while sizes[-1] // 2 >= MIN_CHUNK:
+        sizes.append(sizes[-1] // 2)
+    return tuple(sorted(sizes))
+
+
+def chunk_shape(count: int, chunk_size: int) -> int:
+    """The smallest of :func:`chunk_shapes` that holds ``count`` tokens."""
+    return next(s for s in chunk_shapes(chunk_size) if s >= count)
+
+
 def prompt_chunks(prompt_len: int, chunk_size: int, start: int = 0) -> list[tuple[int, int]]:
     """``(start, count)`` of each chunk that prefills positions ``start..prompt_len-1``."""
     check_chunk_size(chunk_size)
@@ -375,11 +394,11 @@ def prefill_chunk_into_pages(model: Any, pages: PagedKV, ids: Any, starts: Any, 
 
 
 def prefill_chunk_compiles() -> int:
-    """How many shapes the chunked prefill has compiled in this process (one per chunk size,
-    batch and table width; never one per prompt length)."""
+    """How many shapes the chunked prefill has compiled in this process (one per padded chunk
+    length, batch and table width; never one per prompt length)."""
     return _prefill_chunk_jit._cache_size()
 
 
 __all__ = ["PagedKV", "PageAllocator", "OutOfPages", "init_pages", "pages_needed", "block_table_row",
            "prefill_into_pages", "prefill_chunk_into_pages", "prompt_chunks", "check_chunk_size",
-           "prefill_chunk_compiles", "paged_decode_step", "choose_tokens", "check_supported", "SCRATCH_PAGE"]
+           "prefill_chunk_compiles", "chunk_shapes", "chunk_shape", "paged_decode_step", "choose_tokens", "check_supported", "SCRATCH_PAGE"]

@@ -10,7 +10,8 @@ and wait in a FIFO queue. Each iteration of the engine loop
    so a batch runs to its end before the next starts),
 3. prefills admitted prompts into their pages (first token comes from there):
    with ``prefill_chunk_size=C`` (the default, 256) at most C prompt tokens per
-   iteration, in chunks of one compiled shape, oldest prompt first, so a long
+   iteration, oldest prompt first, in chunks padded to one of a few fixed lengths
+   (C, C/2, ... down to 16: compiled once, never per prompt length), so a long
    prompt is spread over several iterations (chunked prefill, as in vLLM); with
    ``prefill_chunk_size=None`` each prompt whole, in one go, padded to a bucket,
 4. runs one :func:`~zoo.generation.paged.paged_decode_step` for the rows whose
@@ -226,10 +227,9 @@ class Engine:
     def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
         """Compile the decode step and the prefill before serving (hits the compile cache): the
         one chunk shape with chunked prefill, else the buckets of ``prompt_lengths``."""
-        if self.prefill_chunk_size is not None:
+        for c in () if self.prefill_chunk_size is None else paged.chunk_shapes(self.prefill_chunk_size):
             _, _, self.pages = paged.prefill_chunk_into_pages(
-                self.model, self.pages, np.zeros((1, self.prefill_chunk_size), np.int32), [0], [1],
-                self.tables[:1] * 0)
+                self.model, self.pages, np.zeros((1, c), np.int32), [0], [1], self.tables[:1] * 0)
         for n in () if self.prefill_chunk_size is not None else \
                 sorted({bucket_length(min(max(p, 1), self.max_model_len - 1)) for p in prompt_lengths}):
             _, _, self.pages = paged.prefill_into_pages(
@@ -338,7 +338,7 @@ class Engine:
             seq = self.prefilling[0]
             start = seq.prefilled
             count = min(len(seq.prompt) - start, budget)
-            ids = np.zeros((1, self.prefill_chunk_size), np.int32)
+            ids = np.zeros((1, paged.chunk_shape(count, self.prefill_chunk_size)), np.int32)
             ids[0, :count] = seq.prompt[start:start + count]
             row = seq.slot
             try:
