@@ -13,18 +13,20 @@ Four pieces:
 * :func:`prefill_into_pages`: runs prompts through the model's own ``forward`` with a
   contiguous cache (left-padded, as ``generate`` does, so the numerics are the same),
   scatters the keys/values into the sequences' pages, and picks each first token.
-* :func:`prefill_chunk_into_pages`: chunked prefill. One fixed-size piece of a prompt
-  (right-padded to the chunk size) writes its K/V into the sequence's pages and attends
-  through its block table to every earlier page of the sequence plus, causally, itself;
-  the last chunk of a prompt also picks the first token. One shape whatever the prompt
-  length, so a server compiles it once and can interleave chunks with decode steps.
+* :func:`prefill_chunk_into_pages`: chunked prefill. One piece of a prompt (right-padded
+  to one of the fixed :func:`chunk_shapes`) writes its K/V into the sequence's pages and
+  attends through its block table to every earlier page of the sequence plus, causally,
+  itself; the last chunk of a prompt also picks the first token. The shapes do not depend
+  on the prompt length, so a server compiles them once and can interleave chunks with
+  decode steps.
 * :func:`paged_decode_step`: one token for every row of the batch: writes the new K/V
   into the pages and attends through the block tables with
   :func:`kernels.paged_decode_attention` (the Pallas kernel on GPU, the gather
   reference under XLA on CPU).
 
-All compile once per shape (prompt-length bucket for the whole-prompt prefill, the chunk
-size for chunked prefill; batch and table width fixed by the server) and donate the page pool, so it is updated in place.
+All compile once per shape (prompt-length bucket for the whole-prompt prefill, padded chunk
+length for chunked prefill; batch and table width fixed by the server) and donate the
+page pool, so it is updated in place.
 """
 from __future__ import annotations
 

@@ -226,7 +226,8 @@ class Engine:
 
     def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
         """Compile the decode step and the prefill before serving (hits the compile cache): the
-        one chunk shape with chunked prefill, else the buckets of ``prompt_lengths``."""
+        chunk shapes with chunked prefill (``prompt_lengths`` then does not matter), else the
+        buckets of ``prompt_lengths``."""
         for c in () if self.prefill_chunk_size is None else paged.chunk_shapes(self.prefill_chunk_size):
             _, _, self.pages = paged.prefill_chunk_into_pages(
                 self.model, self.pages, np.zeros((1, c), np.int32), [0], [1], self.tables[:1] * 0)
