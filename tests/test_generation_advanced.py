@@ -177,6 +177,18 @@ def test_assisted_scores_equal_plain_scores_in_a_batch(llama, draft, batch, k=3)
         _assert_rows_close(ours.logits, plain.logits)
 
 
+def test_speculative_sampling_logits_are_the_targets_on_the_sampled_text(llama, draft):
+    """Sampling with an assistant: raw logit row i is the target's next-token logits after the first i new
+    tokens, i.e. one full forward over the returned sequence."""
+    _, model = llama
+    ids = np.array([[7, 3, 9, 3, 9, 11]])
+    out = model.generate(ids, assistant_model=draft, num_assistant_tokens=3, do_sample=True, seed=4, top_k=0,
+                         max_new_tokens=9, eos_token_id=None, return_dict_in_generate=True, output_logits=True)
+    full = np.asarray(model(out.sequences).logits)[0, ids.shape[1] - 1: -1]
+    assert len(out.logits) == out.sequences.shape[1] - ids.shape[1] == 9
+    np.testing.assert_allclose(np.stack([row[0] for row in out.logits]), full, rtol=1e-4, atol=1e-5)
+
+
 def test_assisted_rejects_conflicting_options(llama, draft):
     _, model = llama
     ids = np.array([[3, 4, 5]])
