@@ -57,6 +57,7 @@ def triton_dots(monkeypatch):
 
     def spy(*args, **kwargs):
         result = original(*args, **kwargs)
+        assert result.module.operation.verify()  # well-formed Triton IR (the ops' own verifiers)
         dots.record(result.module)
         return result
 
