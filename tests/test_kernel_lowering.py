@@ -288,36 +288,46 @@ def test_paged_decode_lowers_for_triton(page_size, d, dtype, kw, monkeypatch):
 
 # --------------------------------------------------------------------------- model level
 
-def tiny_llama(scan_layers: bool, sliding_window: int | None):
-    from zoo.models import llama
-    from zoo.models.llama.config import LlamaConfig
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64,
-                      sliding_window=sliding_window, dtype="bfloat16", attn_implementation="pallas",
-                      scan_layers=scan_layers)
-    return llama, cfg, jax.eval_shape(lambda: llama.init(cfg, jax.random.key(0)))
+def tiny_model(family: str, scan_layers: bool, sliding_window: int | None):
+    """(model module, config, abstract params) of a tiny bf16 model with attn_implementation="pallas".
+    Gemma-2 adds logit soft-capping and alternating sliding/full layers (a traced window under scan)."""
+    if family == "llama":
+        from zoo.models import llama as module
+        from zoo.models.llama.config import LlamaConfig as Config
+        extra = {}
+    else:
+        from zoo.models.gemma2 import model as module
+        from zoo.models.gemma2.config import Gemma2Config as Config
+        extra = {"attn_logit_softcapping": 50.0}
+    cfg = Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64,
+                 sliding_window=sliding_window, dtype="bfloat16", attn_implementation="pallas",
+                 scan_layers=scan_layers, **extra)
+    return module, cfg, jax.eval_shape(lambda: module.init(cfg, jax.random.key(0)))
 
 
 @pytest.mark.parametrize("backend", sorted(PLATFORMS))
-@pytest.mark.parametrize("scan_layers,window", [(True, None), (False, 16)], ids=["scan", "unrolled_window"])
-def test_llama_pallas_forward_and_decode_step_lower(backend, scan_layers, window, monkeypatch):
-    """attn_implementation="pallas" in a tiny Llama: a left-padded prefill (flash kernel) and a
+@pytest.mark.parametrize("family,scan_layers,window", [("llama", True, None), ("llama", False, 16),
+                                                       ("gemma2", True, 8)],
+                         ids=["llama_scan", "llama_unrolled_window", "gemma2_softcap_alternating"])
+def test_model_pallas_forward_and_decode_step_lower(backend, family, scan_layers, window, monkeypatch):
+    """attn_implementation="pallas" in a tiny model: a left-padded prefill (flash kernel) and a
     one-token step against a static cache (flash-decoding on GPU; the jnp reference on TPU,
     where the decode kernel is not written yet), exported as if the default device were a GPU/TPU
     (the kernels pick backend and interpret mode from jax.default_backend() at trace time)."""
     monkeypatch.setattr(jax, "default_backend", lambda: {"triton": "gpu", "mosaic_tpu": "tpu"}[backend])
-    llama, cfg, params = tiny_llama(scan_layers, window)
+    model, cfg, params = tiny_model(family, scan_layers, window)
     b, t = 2, 24
     ids, mask = sds((b, t), jnp.int32), sds((b, t), jnp.int32)
-    prefill = lower(lambda p, i, m: llama.forward(p, cfg, i, attention_mask=m)[0], backend, params, ids, mask,
+    prefill = lower(lambda p, i, m: model.forward(p, cfg, i, attention_mask=m)[0], backend, params, ids, mask,
                     monkeypatch=monkeypatch)
     assert prefill.count(CUSTOM_CALL[backend]) >= (1 if scan_layers else cfg.num_hidden_layers)
 
-    cache = jax.eval_shape(lambda: llama.init_cache(cfg, b, 40))
+    cache = jax.eval_shape(lambda: model.init_cache(cfg, b, 40))
     step_ids, step_mask = sds((b, 1), jnp.int32), sds((b, 1), jnp.int32)
 
     def step(p, c, i, m):
-        return llama.forward(p, cfg, i, attention_mask=m, cache=c)
+        return model.forward(p, cfg, i, attention_mask=m, cache=c)
 
     if backend == "triton":
         lower(step, backend, params, cache, step_ids, step_mask, monkeypatch=monkeypatch)
@@ -329,11 +339,11 @@ def test_llama_pallas_forward_and_decode_step_lower(backend, scan_layers, window
 def test_training_gradient_through_llama_lowers_for_triton(monkeypatch):
     """jax.grad of a loss through the model: the flash backward kernels inside lax.scan + remat."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    llama, cfg, params = tiny_llama(True, None)
+    model, cfg, params = tiny_model("llama", True, None)
     ids = sds((2, 32), jnp.int32)
 
     def loss(p, i):
-        return jnp.mean(llama.forward(p, cfg, i)[0])
+        return jnp.mean(model.forward(p, cfg, i)[0])
 
     text = lower(jax.grad(loss), "triton", params, ids, monkeypatch=monkeypatch)
     assert text.count(CUSTOM_CALL["triton"]) >= 3
