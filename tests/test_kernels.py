@@ -120,6 +120,15 @@ def test_flash_matches_reference(kw):
     _check_flash(**kw)
 
 
+@pytest.mark.parametrize("tq,tk,bq,bk,causal", [(17, 50, 16, 32, True), (50, 17, 32, 16, True),
+                                                 (48, 100, 32, 16, True), (33, 70, 16, 16, False)])
+def test_flash_unmasked_interior_blocks(tq, tk, bq, bk, causal):
+    """Plain causal / padded attention loops over fully visible tiles without a mask and only
+    masks the diagonal and key-padding tiles: the boundary between the two loops, for q shorter
+    and longer than kv, block_q != block_k, ragged tails, forward and gradients."""
+    _check_flash(tq=tq, tk=tk, block_q=bq, block_k=bk, causal=causal)
+
+
 def test_flash_segment_ids_with_padding():
     """Packed sequences plus padding expressed as its own segment id (0)."""
     seg = jnp.array([[1] * 13 + [2] * 20 + [0] * 7, [3] * 30 + [0] * 10])
