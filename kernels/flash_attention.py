@@ -36,7 +36,9 @@ Limits worth knowing:
   raises a clear error: beyond that use a grid-pipelined kernel such as splash
   attention, or backend="xla".
 * Blocks skipped outright: beyond the causal diagonal and outside the sliding
-  window. Segment ids are only masked, never used to skip blocks.
+  window. Segment ids are only masked, never used to skip blocks. With only
+  positional masks (causal, key padding) the tiles every row sees in full are
+  also never masked; only the diagonal and padding tiles build a mask.
 * fp32 inputs use full-precision (IEEE) dots; bf16/fp16 use the tensor-core
   path with fp32 accumulation. dQ/dK/dV come back in the input dtype.
 * ``pallas_call`` is not auto-partitioned: under a sharded ``jit`` call it
