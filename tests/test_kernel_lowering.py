@@ -69,6 +69,7 @@ def lower(fn, backend: str, *args, monkeypatch=None) -> str:
     """Export ``fn`` for the backend's platform; return the StableHLO text (asserting the kernel
     custom call is in it). For Triton, also check every tt.dot is at least 16x16x16."""
     platform = PLATFORMS[backend]
+    jax.clear_caches()  # a cached lowering (same function, or a shared inner jit) would skip the spy
     ctx = triton_dots(monkeypatch) if backend == "triton" else contextlib.nullcontext(None)
     with ctx as dots:
         text = export.export(jax.jit(fn), platforms=[platform], disabled_checks=UNCHECKED)(*args).mlir_module()
