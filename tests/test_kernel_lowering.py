@@ -205,13 +205,15 @@ def vmem_of_blocks(eqn) -> int:
     return total
 
 
-@pytest.mark.parametrize("seq,kv_heads", [(4096, 32), (4096, 8), (16384, 8)])
-def test_tpu_kernels_ask_for_the_vmem_their_blocks_need(seq, kv_heads):
+@pytest.mark.parametrize("seq,kv_heads,head_dim", [(4096, 32, 128), (4096, 8, 128), (16384, 8, 128),
+                                                    (4096, 8, 256)])
+def test_tpu_kernels_ask_for_the_vmem_their_blocks_need(seq, kv_heads, head_dim):
     """libtpu (not run here) rejects a kernel whose buffers pass its scoped VMEM limit (16 MiB
     by default on v5e). Every TPU kernel, forward and backward, at the benchmark shape, its GQA
-    variant and a 16k sequence, must fit its limit with 4 MiB to spare for in-kernel values."""
-    q = sds((2, seq, 32, 128), jnp.bfloat16)
-    kv = sds((2, seq, kv_heads, 128), jnp.bfloat16)
+    variant, a 16k sequence and head_dim 256, must fit its limit with 4 MiB to spare for
+    in-kernel values."""
+    q = sds((2, seq, 32, head_dim), jnp.bfloat16)
+    kv = sds((2, seq, kv_heads, head_dim), jnp.bfloat16)
     calls = pallas_calls(with_grads(flash_fn("mosaic_tpu", (), causal=True)), q, kv, kv)
     assert len(calls) == 3
     for eqn in calls:
