@@ -3,6 +3,7 @@
     python benchmarks/bench_attention_gpu.py              # H100/H200, a few minutes
     python benchmarks/bench_attention_gpu.py --dry-run    # tiny shapes, interpret mode, CPU ok
     python benchmarks/bench_attention_gpu.py --lower-only # full shapes, lowered for cuda, CPU ok
+    python benchmarks/bench_attention_gpu.py --sweep      # + Pallas prefill at other block sizes
 
 What it does, in order:
   0. (``--lower-only``, and nothing else) exports every Pallas function the GPU run
@@ -236,6 +237,26 @@ def bench_prefill(s: Setup) -> None:
                 ["pass", "impl", "ms", "TFLOP/s", "vs cudnn"], rows)
 
 
+SWEEP_BLOCKS = ((64, 64), (128, 64), (128, 128), (64, 128))   # (block_q, block_k), both passes
+
+
+def sweep_prefill_blocks(s: Setup, pairs=SWEEP_BLOCKS) -> None:
+    """Time the Pallas prefill with other block sizes (the table's are not autotuned): the
+    numbers to put into kernels/block_sizes.py for this card."""
+    q, k, v = random_inputs(jax.random.key(3), [(s.batch, s.seq, s.heads, s.head_dim)] * 3)
+    flops = causal_flops(s)
+    rows = []
+    for bq, bk in (None, None), *pairs:
+        fn = prefill_impls(dataclasses.replace(s, block_q=bq, block_k=bk))["pallas"]
+        label = "table" if bq is None else f"{bq}x{bk}"
+        for pass_, wrap, mult in (("fwd", lambda f: f, 1.0), ("fwd+bwd", fwd_bwd, 3.5)):
+            t, err = time_or_error(wrap(fn), (q, k, v), s)
+            rows.append([label, pass_, err] + ["-"] if t is None else
+                        [label, pass_, f"{t * 1e3:.3f}", f"{mult * flops / t / 1e12:.1f}"])
+    print_table(f"pallas prefill block sweep (block_q x block_k), L={s.seq} d={s.head_dim}",
+                ["blocks", "pass", "ms", "TFLOP/s"], rows)
+
+
 def bench_decode(s: Setup) -> None:
     rows = []
     for ctx in s.decode_contexts:
@@ -304,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--block-q", type=int, default=None, help="override the prefill block table")
     parser.add_argument("--block-k", type=int, default=None)
+    parser.add_argument("--sweep", action="store_true",
+                        help=f"also time the Pallas prefill at block sizes {SWEEP_BLOCKS}")
     args = parser.parse_args(argv)
     s = SMOKE if args.dry_run else FULL
     if args.iters:
@@ -320,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         check_correctness(s)
     bench_prefill(s)
     bench_decode(s)
+    if args.sweep:
+        sweep_prefill_blocks(s, ((16, 16), (16, 32)) if args.dry_run else SWEEP_BLOCKS)
     print(f"\ntotal {time.perf_counter() - t0:.1f}s")
 
 

@@ -14,7 +14,10 @@ Why it looks like this:
   enough for a tensor-core matmul.
 * Each split only walks the key blocks that hold valid entries
   (``lengths``) and, with a sliding window, only the window; the rest of a
-  preallocated cache is never read.
+  preallocated cache is never read. The cache is never padded or copied (a
+  pad to the split grid would copy the whole cache every step): a block that
+  would run past the end is read from ``kv_len - block_k`` and its slots that
+  the previous block already covered are masked.
 * The paged variant is the same body with a different "load block j"
   function: block ``j`` of a split is page ``block_tables[b, j]``.
 * Masks are per-row visible key intervals ``[lo, hi]`` (from
@@ -52,6 +55,7 @@ class DecodeConfig:
     rows: int            # padded group * n_q_tokens
     block_k: int         # keys per inner step (= page_size when paged)
     blocks_per_split: int
+    kv_len: int          # cache slots the kernel sees (contiguous: not padded to the split grid)
     softcap: float | None
     scale: float
     interpret: bool
@@ -102,9 +106,7 @@ def _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, *, cfg: DecodeConfi
 
     def body(j, carry):
         if not cfg.explicit:
-            k, v, k_start = load_kv(j)
-            k_pos = k_start + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-            return update(carry, k, v, k_pos)
+            return update(carry, *load_kv(j))
         k_pos = load_kv(j, positions_only=True)
 
         def visible(c):
@@ -113,12 +115,14 @@ def _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, *, cfg: DecodeConfi
 
         return _skip_unless(tile_visible((lo_row, hi_row), k_pos), visible, carry)
 
+    # Blocks of this split that hold cache slots at all (the last split may be short or empty).
+    n_blocks = jnp.clip(lax.div(cfg.kv_len - split_start + bk - 1, bk), 0, cfg.blocks_per_split)
     if cfg.explicit:
-        lo, hi = 0, cfg.blocks_per_split
+        lo, hi = 0, n_blocks
     else:  # slot == position: walk only the blocks between the rows' lowest lo and highest hi
         lo_pos, hi_pos = jnp.min(lo_row), jnp.max(hi_row) + 1
         lo = lax.div(jnp.clip(lo_pos - split_start, 0, split_len), bk)
-        hi = lax.div(jnp.clip(hi_pos - split_start, 0, split_len) + bk - 1, bk)
+        hi = jnp.minimum(lax.div(jnp.clip(hi_pos - split_start, 0, split_len) + bk - 1, bk), n_blocks)
     rows, d = q.shape
     init = (jnp.zeros((rows, d), jnp.float32), jnp.full((rows, 1), ref.MASK_VALUE, jnp.float32),
             jnp.zeros((rows, 1), jnp.float32))
@@ -135,10 +139,18 @@ def _contiguous_kernel(q_ref, bounds_ref, k_ref, v_ref, *rest, cfg: DecodeConfig
     split_start = pl.program_id(2) * (cfg.blocks_per_split * bk)
 
     def load_kv(j, positions_only=False):
-        start = pl.multiple_of(j * bk, bk)
+        """Block j of the split: slots [start, start + bk). The cache is not padded to the
+        split grid (that would copy all of it every step), so a block that would run past the
+        end is read from ``kv_len - bk`` instead; its slots before ``start`` belong to the
+        previous block and get position -1 (never visible)."""
+        start = split_start + j * bk
+        first = jnp.minimum(start, cfg.kv_len - bk)
+        slot = first + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+        pos = kp_ref[:, pl.ds(first, bk)] if cfg.explicit else slot
+        pos = jnp.where(slot >= start, pos, -1)
         if positions_only:
-            return kp_ref[:, pl.ds(start, bk)]
-        return (k_ref[pl.ds(start, bk), :], v_ref[pl.ds(start, bk), :], split_start + start)
+            return pos
+        return k_ref[pl.ds(first, bk), :], v_ref[pl.ds(first, bk), :], pos
 
     _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)
 
@@ -150,7 +162,8 @@ def _paged_kernel(q_ref, bounds_ref, bt_ref, k_ref, v_ref, o_ref, lse_ref, *, cf
 
     def load_kv(j):
         page = bt_ref[j]
-        return k_ref[page, :, head, :], v_ref[page, :, head, :], split_start + j * bk
+        k_pos = split_start + j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+        return k_ref[page, :, head, :], v_ref[page, :, head, :], k_pos
 
     _decode_body(q_ref, bounds_ref, load_kv, o_ref, lse_ref, cfg=cfg, split_start=split_start)
 
@@ -255,31 +268,32 @@ def decode_attention(q: Array, k: Array, v: Array, lengths: Array | None = None,
     bk = block_k or decode_block_k(d, interpret)
     if block_k is not None and not interpret:
         _check_compiled_block("block_k", block_k)
-    splits = num_splits or decode_num_splits() or choose_num_splits(b, hk, kv_len, bk)
-    blocks_per_split = -(-kv_len // (splits * bk))
-    padded_len = splits * blocks_per_split * bk
+    kernel_len = max(kv_len, bk)   # only a cache shorter than one block is padded
+    splits = num_splits or decode_num_splits() or choose_num_splits(b, hk, kernel_len, bk)
+    n_blocks = -(-kernel_len // bk)
+    blocks_per_split = -(-n_blocks // splits)
     rows, dp = _padded_rows(t * (hq // hk), interpret), _padded_head_dim(d, interpret)
     cfg = DecodeConfig(n_q_tokens=t, rows=rows, block_k=bk, blocks_per_split=blocks_per_split,
-                       softcap=float(softcap) if softcap else None,
+                       kv_len=kernel_len, softcap=float(softcap) if softcap else None,
                        scale=ref.default_scale(d, scale), interpret=interpret, paged=False,
                        explicit=explicit)
-    pad = ((0, 0), (0, padded_len - kv_len), (0, 0), (0, dp - d))
+    pad = ((0, 0), (0, kernel_len - kv_len), (0, 0), (0, dp - d))
     kp, vp = (jnp.pad(x, pad) if any(p[1] for p in pad) else x for x in (k, v))
-    split_len = blocks_per_split * bk
     if q_positions is None:
         q_pos, causal = ref.decode_query_positions(lengths, t), True
     else:
         q_pos = jnp.broadcast_to(jnp.asarray(q_positions, jnp.int32), (b, t))
+    # K/V: the whole cache of one kv head (a pointer on GPU); each split reads its own blocks.
     in_specs = [pl.BlockSpec((None, None, rows, dp), lambda b_, h, s: (b_, h, 0, 0)),
                 pl.BlockSpec((None, rows, 2), lambda b_, h, s: (b_, 0, 0)),
-                pl.BlockSpec((None, split_len, None, dp), lambda b_, h, s: (b_, s, h, 0)),
-                pl.BlockSpec((None, split_len, None, dp), lambda b_, h, s: (b_, s, h, 0))]
+                pl.BlockSpec((None, kernel_len, None, dp), lambda b_, h, s: (b_, 0, h, 0)),
+                pl.BlockSpec((None, kernel_len, None, dp), lambda b_, h, s: (b_, 0, h, 0))]
     args = [_query_rows(q, hk, rows, dp),
             _row_bounds(q_pos, hq // hk, rows, causal=causal, sliding_window=sliding_window), kp, vp]
     if explicit:
         kv_pos = jnp.broadcast_to(jnp.asarray(kv_positions, jnp.int32), (b, kv_len))
-        kv_pos = jnp.pad(kv_pos, ((0, 0), (0, padded_len - kv_len)), constant_values=-1)
-        in_specs.append(pl.BlockSpec((None, 1, split_len), lambda b_, h, s: (b_, 0, s)))
+        kv_pos = jnp.pad(kv_pos, ((0, 0), (0, kernel_len - kv_len)), constant_values=-1)
+        in_specs.append(pl.BlockSpec((None, 1, kernel_len), lambda b_, h, s: (b_, 0, 0)))
         args.append(kv_pos[:, None, :])
     o, lse = _call(_contiguous_kernel, (b, hk, splits), in_specs, args, rows, dp, cfg, b, hk, splits)
     return _unrows(combine_splits(o, lse), q.shape, q.dtype)
@@ -320,7 +334,7 @@ def paged_decode_attention(q: Array, k_pages: Array, v_pages: Array, block_table
     pages_per_split = -(-max_pages // splits)
     rows, dp = _padded_rows(t * (hq // hk), interpret), _padded_head_dim(d, interpret)
     cfg = DecodeConfig(n_q_tokens=t, rows=rows, block_k=page_size, blocks_per_split=pages_per_split,
-                       softcap=float(softcap) if softcap else None,
+                       kv_len=splits * pages_per_split * page_size, softcap=float(softcap) if softcap else None,
                        scale=ref.default_scale(d, scale), interpret=interpret, paged=True,
                        explicit=False)
     tables = jnp.clip(block_tables.astype(jnp.int32), 0, num_pages - 1)

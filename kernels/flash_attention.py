@@ -36,7 +36,9 @@ Limits worth knowing:
   raises a clear error: beyond that use a grid-pipelined kernel such as splash
   attention, or backend="xla".
 * Blocks skipped outright: beyond the causal diagonal and outside the sliding
-  window. Segment ids are only masked, never used to skip blocks.
+  window. Segment ids are only masked, never used to skip blocks. With only
+  positional masks (causal, key padding) the tiles every row sees in full are
+  also never masked; only the diagonal and padding tiles build a mask.
 * fp32 inputs use full-precision (IEEE) dots; bf16/fp16 use the tensor-core
   path with fp32 accumulation. dQ/dK/dV come back in the input dtype.
 * ``pallas_call`` is not auto-partitioned: under a sharded ``jit`` call it
@@ -288,6 +290,39 @@ def q_block_range(k_start, block_q: int, block_k: int, cfg: FlashConfig):
     return _block_range(lo - cfg.offset, hi - cfg.offset, block_q, cfg.q_len_padded)
 
 
+def _split_at_diagonal(cfg: FlashConfig) -> bool:
+    """Only positional masks apply (causal, key padding): then the tiles every row of a block
+    sees in full are looped over without building a mask at all (most tiles of a long causal
+    sequence), and only the diagonal/padding tiles pay for it."""
+    return not cfg.explicit and not cfg.has_segments and cfg.sliding_window is None
+
+
+def unmasked_kv_blocks_end(q_start, block_q: int, block_k: int, cfg: FlashConfig):
+    """Key blocks ``[0, end)`` that every row of the q tile at ``q_start`` sees in full."""
+    end = cfg.kv_len // block_k                       # blocks holding no key padding
+    if cfg.causal:                                    # row 0 of the tile sees keys <= its position
+        end = jnp.minimum(end, lax.div(jnp.maximum(q_start + cfg.offset + 1, 0), block_k))
+    return end
+
+
+def unmasked_q_blocks_start(k_start, block_q: int, block_k: int, cfg: FlashConfig):
+    """Query blocks ``[start, ...)`` whose rows all see every key of the kv block at
+    ``k_start``; none (a huge start) when the block reaches into key padding."""
+    start = 0
+    if cfg.causal:                                    # the tile's last key must be <= row 0's position
+        first_row = jnp.maximum(k_start + block_k - 1 - cfg.offset, 0)
+        start = lax.div(first_row + block_q - 1, block_q)
+    if cfg.kv_len_padded != cfg.kv_len:
+        start = jnp.where(k_start + block_k <= cfg.kv_len, start, cfg.q_len_padded // block_q)
+    return start
+
+
+def _clip(x, lo, hi):
+    if all(isinstance(v, int) for v in (x, lo, hi)):
+        return min(max(x, lo), hi)
+    return jnp.clip(x, lo, hi)
+
+
 def tile_visible(bounds, k_pos) -> Array:
     """Explicit mode: can any row of a q tile see any key of a kv tile? Lets a loop over
     all blocks skip the invisible ones whatever order the cache slots are in. Reduced in
@@ -326,13 +361,13 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
     q_seg = None if qs_ref is None else qs_ref[...]
     bounds = (lo_ref[...], hi_ref[...]) if cfg.explicit else None
 
-    def update(carry, k_start, k_pos):
+    def update(carry, k_start, k_pos, masked=True):
         acc, m, l = carry
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
         s, _ = scores(q, k, cfg.scale, cfg.softcap)
-        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos) if masked else None
         if mask is not None:
             s = jnp.where(mask, s, ref.MASK_VALUE)
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
@@ -359,6 +394,10 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
     init = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
             jnp.full((bq, 1), ref.MASK_VALUE, jnp.float32),
             jnp.zeros((bq, 1), jnp.float32))
+    if _split_at_diagonal(cfg):
+        mid = _clip(unmasked_kv_blocks_end(q_start, bq, bk, cfg), lo, hi)
+        init = lax.fori_loop(lo, mid, lambda j, c: update(c, pl.multiple_of(j * bk, bk), None, False), init)
+        lo = mid
     acc, m, l = lax.fori_loop(lo, hi, body, init)
     empty = l == 0.0
     safe_l = jnp.where(empty, 1.0, l)
@@ -381,7 +420,7 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
     k_seg = None if ks_ref is None else ks_ref[...]          # [bk, 1]
     k_pos = kp_ref[...] if cfg.explicit else None            # [bk, 1]
 
-    def update(carry, q_start, bounds):
+    def update(carry, q_start, bounds, masked=True):
         dk, dv = carry
         q = q_ref[pl.ds(q_start, bq), :]
         do = do_ref[pl.ds(q_start, bq), :]
@@ -391,7 +430,7 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
         s, t = scores(k, q, cfg.scale, cfg.softcap)          # [bk, bq]
         p = jnp.exp(s - lse)
         mask = tile_mask(q_start, k_start, (bk, bq), cfg, q_seg, k_seg, bounds, k_pos,
-                         transposed=True)
+                         transposed=True) if masked else None
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
         dv = dv + _dot_nn(p.astype(do.dtype), do)
@@ -414,7 +453,12 @@ def _dkv_kernel(*refs, cfg: FlashConfig):
     else:
         lo, hi = q_block_range(k_start, bq, bk, cfg)
     zeros = jnp.zeros(k.shape, jnp.float32)
-    dk, dv = lax.fori_loop(lo, hi, q_body, (zeros, zeros))
+    carry = (zeros, zeros)
+    if _split_at_diagonal(cfg):  # diagonal/padding tiles first, then the fully visible ones
+        mid = _clip(unmasked_q_blocks_start(k_start, bq, bk, cfg), lo, hi)
+        carry = lax.fori_loop(lo, mid, q_body, carry)
+        lo, q_body = mid, lambda i, c: update(c, pl.multiple_of(i * bq, bq), None, False)
+    dk, dv = lax.fori_loop(lo, hi, q_body, carry)
     dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -429,13 +473,13 @@ def _dq_kernel(*refs, cfg: FlashConfig):
     q_seg = None if qs_ref is None else qs_ref[...]
     bounds = (lo_ref[...], hi_ref[...]) if cfg.explicit else None
 
-    def update(dq, k_start, k_pos):
+    def update(dq, k_start, k_pos, masked=True):
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         k_seg = None if ks_ref is None else ks_ref[:, pl.ds(k_start, bk)]
         s, t = scores(q, k, cfg.scale, cfg.softcap)
         p = jnp.exp(s - lse)
-        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos)
+        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos) if masked else None
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
         ds = p * (_dot_nt(do, v) - delta)
@@ -455,7 +499,12 @@ def _dq_kernel(*refs, cfg: FlashConfig):
         lo, hi = 0, cfg.kv_len_padded // bk
     else:
         lo, hi = kv_block_range(q_start, bq, bk, cfg)
-    dq = lax.fori_loop(lo, hi, body, jnp.zeros(q.shape, jnp.float32))
+    dq = jnp.zeros(q.shape, jnp.float32)
+    if _split_at_diagonal(cfg):
+        mid = _clip(unmasked_kv_blocks_end(q_start, bq, bk, cfg), lo, hi)
+        dq = lax.fori_loop(lo, mid, lambda j, c: update(c, pl.multiple_of(j * bk, bk), None, False), dq)
+        lo = mid
+    dq = lax.fori_loop(lo, hi, body, dq)
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
 

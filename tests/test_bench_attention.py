@@ -29,7 +29,7 @@ def bench():
 def test_dry_run_prints_all_tables(bench, monkeypatch, capsys):
     tiny = dataclasses.replace(bench.SMOKE, seq=32, decode_contexts=(64,))
     monkeypatch.setattr(bench, "SMOKE", tiny)
-    bench.main(["--dry-run"])
+    bench.main(["--dry-run", "--sweep"])
     out = capsys.readouterr().out
     assert "interpret=True" in out
     # correctness section: our kernels agree with the reference at bf16 precision
@@ -45,6 +45,9 @@ def test_dry_run_prints_all_tables(bench, monkeypatch, capsys):
     for impl in ("pallas", "pallas-paged", "xla"):
         assert re.search(rf"^64\s+{impl}\s+[\d.]+\s", out, re.M), impl
     assert "vs cudnn" in out
+    for blocks in ("table", "16x16", "16x32"):   # the block sweep times every pair, both passes
+        for pass_ in ("fwd", "fwd+bwd"):
+            assert re.search(rf"^{blocks}\s+{re.escape(pass_)}\s+[\d.]+\s+[\d.]+\s*$", out, re.M), (blocks, pass_)
 
 
 def test_lower_only_exports_every_pallas_function_for_cuda(bench, capsys):

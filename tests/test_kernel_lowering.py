@@ -57,6 +57,7 @@ def triton_dots(monkeypatch):
 
     def spy(*args, **kwargs):
         result = original(*args, **kwargs)
+        assert result.module.operation.verify()  # well-formed Triton IR (the ops' own verifiers)
         dots.record(result.module)
         return result
 
@@ -68,6 +69,7 @@ def lower(fn, backend: str, *args, monkeypatch=None) -> str:
     """Export ``fn`` for the backend's platform; return the StableHLO text (asserting the kernel
     custom call is in it). For Triton, also check every tt.dot is at least 16x16x16."""
     platform = PLATFORMS[backend]
+    jax.clear_caches()  # a cached lowering (same function, or a shared inner jit) would skip the spy
     ctx = triton_dots(monkeypatch) if backend == "triton" else contextlib.nullcontext(None)
     with ctx as dots:
         text = export.export(jax.jit(fn), platforms=[platform], disabled_checks=UNCHECKED)(*args).mlir_module()
@@ -203,13 +205,15 @@ def vmem_of_blocks(eqn) -> int:
     return total
 
 
-@pytest.mark.parametrize("seq,kv_heads", [(4096, 32), (4096, 8), (16384, 8)])
-def test_tpu_kernels_ask_for_the_vmem_their_blocks_need(seq, kv_heads):
+@pytest.mark.parametrize("seq,kv_heads,head_dim", [(4096, 32, 128), (4096, 8, 128), (16384, 8, 128),
+                                                    (4096, 8, 256)])
+def test_tpu_kernels_ask_for_the_vmem_their_blocks_need(seq, kv_heads, head_dim):
     """libtpu (not run here) rejects a kernel whose buffers pass its scoped VMEM limit (16 MiB
     by default on v5e). Every TPU kernel, forward and backward, at the benchmark shape, its GQA
-    variant and a 16k sequence, must fit its limit with 4 MiB to spare for in-kernel values."""
-    q = sds((2, seq, 32, 128), jnp.bfloat16)
-    kv = sds((2, seq, kv_heads, 128), jnp.bfloat16)
+    variant, a 16k sequence and head_dim 256, must fit its limit with 4 MiB to spare for
+    in-kernel values."""
+    q = sds((2, seq, 32, head_dim), jnp.bfloat16)
+    kv = sds((2, seq, kv_heads, head_dim), jnp.bfloat16)
     calls = pallas_calls(with_grads(flash_fn("mosaic_tpu", (), causal=True)), q, kv, kv)
     assert len(calls) == 3
     for eqn in calls:
@@ -287,36 +291,46 @@ def test_paged_decode_lowers_for_triton(page_size, d, dtype, kw, monkeypatch):
 
 # --------------------------------------------------------------------------- model level
 
-def tiny_llama(scan_layers: bool, sliding_window: int | None):
-    from zoo.models import llama
-    from zoo.models.llama.config import LlamaConfig
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64,
-                      sliding_window=sliding_window, dtype="bfloat16", attn_implementation="pallas",
-                      scan_layers=scan_layers)
-    return llama, cfg, jax.eval_shape(lambda: llama.init(cfg, jax.random.key(0)))
+def tiny_model(family: str, scan_layers: bool, sliding_window: int | None):
+    """(model module, config, abstract params) of a tiny bf16 model with attn_implementation="pallas".
+    Gemma-2 adds logit soft-capping and alternating sliding/full layers (a traced window under scan)."""
+    if family == "llama":
+        from zoo.models import llama as module
+        from zoo.models.llama.config import LlamaConfig as Config
+        extra = {}
+    else:
+        from zoo.models.gemma2 import model as module
+        from zoo.models.gemma2.config import Gemma2Config as Config
+        extra = {"attn_logit_softcapping": 50.0}
+    cfg = Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64,
+                 sliding_window=sliding_window, dtype="bfloat16", attn_implementation="pallas",
+                 scan_layers=scan_layers, **extra)
+    return module, cfg, jax.eval_shape(lambda: module.init(cfg, jax.random.key(0)))
 
 
 @pytest.mark.parametrize("backend", sorted(PLATFORMS))
-@pytest.mark.parametrize("scan_layers,window", [(True, None), (False, 16)], ids=["scan", "unrolled_window"])
-def test_llama_pallas_forward_and_decode_step_lower(backend, scan_layers, window, monkeypatch):
-    """attn_implementation="pallas" in a tiny Llama: a left-padded prefill (flash kernel) and a
+@pytest.mark.parametrize("family,scan_layers,window", [("llama", True, None), ("llama", False, 16),
+                                                       ("gemma2", True, 8)],
+                         ids=["llama_scan", "llama_unrolled_window", "gemma2_softcap_alternating"])
+def test_model_pallas_forward_and_decode_step_lower(backend, family, scan_layers, window, monkeypatch):
+    """attn_implementation="pallas" in a tiny model: a left-padded prefill (flash kernel) and a
     one-token step against a static cache (flash-decoding on GPU; the jnp reference on TPU,
     where the decode kernel is not written yet), exported as if the default device were a GPU/TPU
     (the kernels pick backend and interpret mode from jax.default_backend() at trace time)."""
     monkeypatch.setattr(jax, "default_backend", lambda: {"triton": "gpu", "mosaic_tpu": "tpu"}[backend])
-    llama, cfg, params = tiny_llama(scan_layers, window)
+    model, cfg, params = tiny_model(family, scan_layers, window)
     b, t = 2, 24
     ids, mask = sds((b, t), jnp.int32), sds((b, t), jnp.int32)
-    prefill = lower(lambda p, i, m: llama.forward(p, cfg, i, attention_mask=m)[0], backend, params, ids, mask,
+    prefill = lower(lambda p, i, m: model.forward(p, cfg, i, attention_mask=m)[0], backend, params, ids, mask,
                     monkeypatch=monkeypatch)
     assert prefill.count(CUSTOM_CALL[backend]) >= (1 if scan_layers else cfg.num_hidden_layers)
 
-    cache = jax.eval_shape(lambda: llama.init_cache(cfg, b, 40))
+    cache = jax.eval_shape(lambda: model.init_cache(cfg, b, 40))
     step_ids, step_mask = sds((b, 1), jnp.int32), sds((b, 1), jnp.int32)
 
     def step(p, c, i, m):
-        return llama.forward(p, cfg, i, attention_mask=m, cache=c)
+        return model.forward(p, cfg, i, attention_mask=m, cache=c)
 
     if backend == "triton":
         lower(step, backend, params, cache, step_ids, step_mask, monkeypatch=monkeypatch)
@@ -328,11 +342,11 @@ def test_llama_pallas_forward_and_decode_step_lower(backend, scan_layers, window
 def test_training_gradient_through_llama_lowers_for_triton(monkeypatch):
     """jax.grad of a loss through the model: the flash backward kernels inside lax.scan + remat."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    llama, cfg, params = tiny_llama(True, None)
+    model, cfg, params = tiny_model("llama", True, None)
     ids = sds((2, 32), jnp.int32)
 
     def loss(p, i):
-        return jnp.mean(llama.forward(p, cfg, i)[0])
+        return jnp.mean(model.forward(p, cfg, i)[0])
 
     text = lower(jax.grad(loss), "triton", params, ids, monkeypatch=monkeypatch)
     assert text.count(CUSTOM_CALL["triton"]) >= 3

@@ -120,6 +120,15 @@ def test_flash_matches_reference(kw):
     _check_flash(**kw)
 
 
+@pytest.mark.parametrize("tq,tk,bq,bk,causal", [(17, 50, 16, 32, True), (50, 17, 32, 16, True),
+                                                 (48, 100, 32, 16, True), (33, 70, 16, 16, False)])
+def test_flash_unmasked_interior_blocks(tq, tk, bq, bk, causal):
+    """Plain causal / padded attention loops over fully visible tiles without a mask and only
+    masks the diagonal and key-padding tiles: the boundary between the two loops, for q shorter
+    and longer than kv, block_q != block_k, ragged tails, forward and gradients."""
+    _check_flash(tq=tq, tk=tk, block_q=bq, block_k=bk, causal=causal)
+
+
 def test_flash_segment_ids_with_padding():
     """Packed sequences plus padding expressed as its own segment id (0)."""
     seg = jnp.array([[1] * 13 + [2] * 20 + [0] * 7, [3] * 30 + [0] * 10])
@@ -288,6 +297,48 @@ def test_decode_explicit_positions_and_traced_window():
         want = _run(kernels.decode_attention_reference, q, k, v, q_positions=q_pos, kv_positions=kv_pos,
                                                   sliding_window=window)
         assert _rel_err(kern(jnp.int32(window)), want) < 1e-4
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 5])
+def test_decode_ragged_cache_not_padded(num_splits):
+    """A cache length that is no multiple of the key block (75 = 4*16 + 11) or of the split
+    grid: the last block is read overlapping its neighbour, which must not count keys twice
+    (by slot, and by explicit position with shuffled slots); and the compiled (Triton) path
+    passes K/V to the kernel as they are, with no pad (a per-step copy of the whole cache)."""
+    b, t, hq, hk, d, s = 2, 1, 4, 2, 16, 75
+    q, k, v = _decode_inputs(b, t, hq, hk, d, s)
+    lengths = jnp.array([75, 70], jnp.int32)
+    out = _run(kernels.decode_attention, q, k, v, lengths, num_splits=num_splits, block_k=16, interpret=True)
+    want = _run(kernels.decode_attention_reference, q, k, v, lengths)
+    assert _rel_err(out, want) < 1e-4
+    kv_pos = jnp.stack([jnp.asarray(_rng().permutation(s), jnp.int32), jnp.arange(s) - 3])
+    q_pos = jnp.array([[74], [71]], jnp.int32)
+    out = _run(kernels.decode_attention, q, k, v, q_positions=q_pos, kv_positions=kv_pos,
+               num_splits=num_splits, block_k=16, interpret=True)
+    want = _run(kernels.decode_attention_reference, q, k, v, q_positions=q_pos, kv_positions=kv_pos)
+    assert _rel_err(out, want) < 1e-4
+
+    k_bf16 = k.astype(jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda q, k, v: kernels.decode_attention(
+        q, k, v, lengths, num_splits=num_splits, backend="triton", interpret=False))(
+        q.astype(jnp.bfloat16), k_bf16, k_bf16)
+    assert tuple(k.shape) not in _padded_shapes(jaxpr.jaxpr)  # (q is padded to 16 rows: small)
+
+
+def _padded_shapes(jaxpr) -> set[tuple[int, ...]]:
+    """Shapes of the arrays ``pad`` is applied to, through nested jit/custom_vjp/control flow."""
+    import jax.extend.core as jax_core
+    shapes = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pad":
+            shapes.add(tuple(eqn.invars[0].aval.shape))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax_core.ClosedJaxpr):
+                    shapes |= _padded_shapes(sub.jaxpr)
+                elif isinstance(sub, jax_core.Jaxpr):
+                    shapes |= _padded_shapes(sub)
+    return shapes
 
 
 @pytest.mark.parametrize("kw", [dict(num_splits=1), dict(num_splits=3, t=2, sliding_window=20, softcap=5.0)])
