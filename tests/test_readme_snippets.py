@@ -98,7 +98,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert ids.shape[0] == input_ids.shape[0] == 2 and ids.shape[1] > input_ids.shape[1]
     assert namespace["out"].logits.dtype == np.float32
     np.testing.assert_allclose(np.asarray(namespace["logits"]), np.asarray(namespace["out"].logits), atol=1e-5)
-    assert (work / "out" / "config.json").is_file()
+    assert (work / "out" / "config.json").is_file() and (work / "out" / "tokenizer.json").is_file()
     assert (work / "adapter" / "adapter_config.json").is_file()
     assert np.isfinite(float(namespace["metrics"]["loss"]))
 
