@@ -1,8 +1,15 @@
 """Train-step throughput: the zoo's jitted AdamW step vs a PyTorch Transformers AdamW step on
 the same Llama-shaped model, in one process; model FLOP/s as a fraction of a large matmul's.
 
-    python benchmarks/bench_train.py --layers 6 --batch 2 --seq 128 --steps 3
-    python benchmarks/bench_train.py --two-devices   # also the step time on a 2-device mesh
+    python benchmarks/bench_train.py --layers 6 --batch 8 --seq 128 --rounds 3
+    python benchmarks/bench_train.py --two-devices   # also the step on a 2-device data mesh
+
+The machine is shared, so nothing is timed once: every configuration (the matmul peak, torch,
+the zoo with scanned and with per-layer params, and with --two-devices the 1-device and
+2-device steps) is timed in each of ``--rounds`` interleaved rounds, and the median is
+reported. The peak is re-measured every round and each step is set against the peak of its
+own round. Process CPU time per step is printed too: it moves much less with other load than
+wall time, and CPU time well above wall time x cores-in-use means spinning or waiting.
 
 Model FLOPs per step are counted as 6 x params x tokens (the usual estimate; attention's own
 FLOPs are left out, so short sequences are not flattered).
@@ -11,31 +18,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+from typing import Callable
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="llama-120m", help="configs/models preset for the shape")
     p.add_argument("--layers", type=int, default=6, help="override num_hidden_layers (6 -> ~87M params)")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     p.add_argument("--matmul", type=int, default=2048, help="size of the square fp32 matmul for the peak")
-    p.add_argument("--unrolled", action="store_true", help="per-layer params (scan_layers=False) for the zoo")
+    p.add_argument("--layouts", default="scan,unrolled",
+                   help="zoo param layouts to time: scan (stacked, lax.scan) and/or unrolled (per-layer)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch step")
     p.add_argument("--two-devices", action="store_true", help="also time the step on a 2-device data mesh")
     return p.parse_args()
 
 
-def timed(fn, steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
+def timed(fn: Callable[[], object], steps: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def main() -> int:
@@ -49,7 +64,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from zoo import AutoConfig, AutoModelForCausalLM
+    from zoo import AutoModelForCausalLM
     from zoo.auto import load_preset
     from zoo.nn.params import count_params
     from zoo.train import causal_lm_loss_fn, create_train_state, make_train_step
@@ -66,71 +81,138 @@ def main() -> int:
     ids = rng.randint(3, shape["vocab_size"], (args.batch, args.seq)).astype(np.int32)
     print(f"model: {args.preset} with {args.layers} layers, {n_params / 1e6:.1f}M params; batch {args.batch} x "
           f"seq {args.seq} = {tokens} tokens/step; {jax.device_count()} JAX device(s), "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; {load()}", flush=True)
+
+    timers: dict[str, Callable[[], object]] = {}  # name -> one call (a step or a matmul)
 
     # ---- peak: a large fp32 matmul, in both frameworks
-    a = jax.random.normal(jax.random.PRNGKey(0), (args.matmul, args.matmul), jnp.float32)
+    d0 = jax.devices()[0]
+    a = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (args.matmul, args.matmul), jnp.float32), d0)
     mm = jax.jit(lambda x: x @ x)
-    jax_mm = timed(lambda: mm(a).block_until_ready(), 3)
     ta = torch.randn(args.matmul, args.matmul)
-    torch_mm = timed(lambda: ta @ ta, 3)
     mm_flops = 2 * args.matmul**3
-    peak = max(mm_flops / jax_mm, mm_flops / torch_mm)
-    print(f"matmul {args.matmul}^3 fp32: jax {mm_flops / jax_mm / 1e9:.1f} GFLOP/s, "
-          f"torch {mm_flops / torch_mm / 1e9:.1f} GFLOP/s (peak used: {peak / 1e9:.1f})", flush=True)
+    timers["matmul jax"] = lambda: mm(a).block_until_ready()
+    timers["matmul torch"] = lambda: ta @ ta
 
     # ---- PyTorch Transformers: AdamW, fp32
-    topt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
-    tids = torch.tensor(ids, dtype=torch.long)
+    if not args.no_torch:
+        topt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+        tids = torch.tensor(ids, dtype=torch.long)
 
-    def torch_step():
-        out = hf(input_ids=tids, labels=tids)
-        out.loss.backward()
-        topt.step()
-        topt.zero_grad(set_to_none=True)
-        return out.loss.item()
+        def torch_step():
+            out = hf(input_ids=tids, labels=tids)
+            out.loss.backward()
+            topt.step()
+            topt.zero_grad(set_to_none=True)
+            return out.loss.item()
 
-    torch_t = timed(torch_step, args.steps)
-    print(f"torch step: {torch_t * 1e3:.0f} ms, {tokens / torch_t:,.0f} tokens/s, "
-          f"{flops_per_step / torch_t / peak:.1%} of matmul peak", flush=True)
+        timers["torch"] = torch_step
 
-    # ---- the zoo: same weights, jitted donated AdamW step
+    # ---- the zoo: same weights, jitted donated AdamW step, one state per configuration
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        del topt
-        model = AutoModelForCausalLM.from_pretrained(tmp, scan_layers=not args.unrolled)
-    assert count_params(model.params) == n_params, (count_params(model.params), n_params)
-    del hf
+        base = AutoModelForCausalLM.from_pretrained(tmp, scan_layers=True)
+    assert count_params(base.params) == n_params, (count_params(base.params), n_params)
     opt = optax.adamw(1e-4)
-    batch = {"input_ids": jnp.asarray(ids)}
-    holder = {"state": create_train_state(model, opt, copy=False)}
-    step = make_train_step(causal_lm_loss_fn(model), opt)
+    layouts = [x for x in args.layouts.split(",") if x]
+    models = {name: (base if name == "scan" else base.with_layout(False)) for name in layouts}
 
-    def zoo_step(step=step, holder=holder, batch=batch):
-        holder["state"], m = step(holder["state"], batch)
-        return float(m["loss"])
+    def zoo_timer(model, batch, **step_kw):
+        holder = {"state": create_train_state(model, opt, shardings=step_kw.pop("shardings", None),
+                                              opt_shardings=step_kw.pop("opt_shardings", None))}
+        step = make_train_step(causal_lm_loss_fn(model), opt, **step_kw)
 
-    t0 = time.perf_counter()
-    zoo_step()
-    print(f"zoo first step (compile + run): {time.perf_counter() - t0:.1f} s", flush=True)
-    zoo_t = timed(zoo_step, args.steps, warmup=1)
-    print(f"zoo step:   {zoo_t * 1e3:.0f} ms, {tokens / zoo_t:,.0f} tokens/s, "
-          f"{flops_per_step / zoo_t / peak:.1%} of matmul peak", flush=True)
-    print(f"RATIO zoo/torch tokens/s: {torch_t / zoo_t:.2f}x", flush=True)
+        def run():
+            holder["state"], m = step(holder["state"], batch)
+            return float(m["loss"])
 
-    if args.two_devices and jax.device_count() >= 2:
-        from zoo.sharding import make_mesh, param_shardings, shard_batch
+        t0 = time.perf_counter()
+        run()
+        compile_s = time.perf_counter() - t0
+        run()  # the second call may compile once more (output placement settles)
+        return run, compile_s
+
+    batch = {"input_ids": jax.device_put(jnp.asarray(ids), d0)}
+    for name, model in models.items():
+        timers[f"zoo {name}"], c = zoo_timer(type(model)(model.config, jax.device_put(model.params, d0)), batch)
+        print(f"zoo {name}: first step (compile + run) {c:.1f} s", flush=True)
+
+    two = args.two_devices and jax.device_count() >= 2
+    if two:
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from zoo.sharding import make_mesh, param_shardings, shard_batch, zero_shardings
 
         mesh = make_mesh({"data": 2}, devices=jax.devices()[:2])
-        params = holder.pop("state").params
-        shardings = param_shardings(params, model.param_axes(), mesh, "dp")
-        sharded = type(model)(model.config, jax.device_put(params, shardings))
-        holder["state"] = create_train_state(sharded, opt, copy=False, shardings=shardings)
-        step2 = make_train_step(causal_lm_loss_fn(sharded), opt, mesh=mesh, rules="dp")
+        layout = "unrolled" if "unrolled" in models else layouts[0]
+        model = models[layout]
+        shardings = param_shardings(model.params, model.param_axes(), mesh, "dp")
+        zero = zero_shardings(shardings, model.params, "dp")
         batch2 = shard_batch({"input_ids": ids}, mesh, "dp")
-        two_t = timed(lambda: zoo_step(step2, holder, batch2), args.steps, warmup=2)
-        print(f"zoo step on a 2-device mesh: {two_t * 1e3:.0f} ms ({zoo_t / two_t:.2f}x the 1-device speed)",
+        for name, z in (("2dev dp", None), ("2dev dp+zero", zero)):
+            sharded = type(model)(model.config, jax.device_put(model.params, shardings))
+            kw = {} if z is None else {"opt_shardings": z, "param_sharding": shardings, "update_sharding": z}
+            timers[name], c = zoo_timer(sharded, batch2, mesh=mesh, rules="dp", shardings=shardings, **kw)
+            print(f"zoo {name} ({layout} layout): first step (compile + run) {c:.1f} s", flush=True)
+        # What 2 virtual CPU devices on these cores can give: a matmul split by rows, and the
+        # all-reduce of a gradient-sized buffer (what data parallelism adds to every step).
+        a2 = jax.device_put(a, NamedSharding(mesh, P("data", None)))
+        b2 = jax.device_put(a, NamedSharding(mesh, P()))
+        mm2 = jax.jit(lambda x, y: x @ y)
+        timers["matmul jax 2dev"] = lambda: mm2(a2, b2).block_until_ready()
+        g = jax.device_put(jnp.ones((2, n_params // 2), jnp.float32), NamedSharding(mesh, P("data", None)))
+        allreduce = jax.jit(lambda x: jnp.sum(x, axis=0), out_shardings=NamedSharding(mesh, P()))
+        timers["grad all-reduce 2dev"] = lambda: allreduce(g).block_until_ready()
+        for t in ("matmul jax 2dev", "grad all-reduce 2dev"):
+            timers[t]()
+    if args.no_torch:
+        del hf
+
+    # ---- interleaved rounds
+    wall: dict[str, list[float]] = {k: [] for k in timers}
+    cpu: dict[str, list[float]] = {k: [] for k in timers}
+    frac: dict[str, list[float]] = {k: [] for k in timers}
+    for r in range(args.rounds):
+        peak = 0.0
+        for name, fn in timers.items():
+            n = 5 if name.startswith("matmul") else 1 if "all-reduce" in name else args.steps
+            w, c = timed(fn, n)
+            wall[name].append(w)
+            cpu[name].append(c)
+            if name in ("matmul jax", "matmul torch"):
+                peak = max(peak, mm_flops / w)
+            elif not name.startswith("matmul") and "all-reduce" not in name:
+                frac[name].append(flops_per_step / w / peak)
+        print(f"round {r}: " + ", ".join(f"{k} {wall[k][-1] * 1e3:.0f} ms" for k in timers) + f"; {load()}",
               flush=True)
+
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    medc = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"--- medians of {args.rounds} rounds ({load()})")
+    peaks = {k: mm_flops / med[k] for k in ("matmul jax", "matmul torch")}
+    print(f"matmul {args.matmul}^3 fp32: jax {peaks['matmul jax'] / 1e9:.1f} GFLOP/s, "
+          f"torch {peaks['matmul torch'] / 1e9:.1f} GFLOP/s (each step is set against the faster one of its round)")
+    for name in timers:
+        if name.startswith("matmul") or "all-reduce" in name:
+            continue
+        print(f"{name:>14} step: {med[name] * 1e3:6.0f} ms (CPU {medc[name] * 1e3:5.0f} ms), "
+              f"{tokens / med[name]:7,.0f} tokens/s, {statistics.median(frac[name]):.1%} of matmul peak", flush=True)
+    zoo_names = [f"zoo {n}" for n in layouts]
+    if "torch" in timers:
+        for name in zoo_names:
+            print(f"RATIO {name}/torch tokens/s: {med['torch'] / med[name]:.2f}x")
+    best = min(zoo_names, key=lambda k: med[k])
+    print(f"best 1-device zoo layout: {best[4:]} ({statistics.median(frac[best]):.1%} of matmul peak)")
+    if two:
+        one = f"zoo {layout}"
+        print(f"matmul split over 2 virtual devices: {mm_flops / med['matmul jax 2dev'] / 1e9:.1f} GFLOP/s vs "
+              f"{peaks['matmul jax'] / 1e9:.1f} on 1 device ({med['matmul jax'] / med['matmul jax 2dev']:.2f}x)")
+        print(f"all-reduce of {n_params / 1e6:.1f}M fp32 grads over 2 virtual devices: "
+              f"{med['grad all-reduce 2dev'] * 1e3:.0f} ms (CPU {medc['grad all-reduce 2dev'] * 1e3:.0f} ms), "
+              f"{med['grad all-reduce 2dev'] / med[one]:.0%} of the 1-device step")
+        for name in ("2dev dp", "2dev dp+zero"):
+            print(f"TWO-DEVICE {name}: {med[name] * 1e3:.0f} ms vs {med[one] * 1e3:.0f} ms on 1 device "
+                  f"({layout} layout): {med[one] / med[name]:.2f}x the 1-device speed")
     return 0
 
 

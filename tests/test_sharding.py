@@ -166,6 +166,54 @@ def test_sharded_train_step_equals_unsharded(folder, reference_step, preset):
     assert spec_of(picked(trace)["q"]) == EXPECTED[preset]["q"]
 
 
+@pytest.mark.parametrize("preset", ["dp", "fsdp+tp"])
+def test_zero_sharded_update_equals_unsharded(folder, reference_step, preset):
+    """ZeRO: params placed by the preset, Adam-style state and the update split further over the
+    data-parallel axes; the step still equals the single-device one and the params keep their place."""
+    from zoo import AutoModelForCausalLM
+    from zoo.sharding import make_mesh, param_shardings, shard_batch, zero_shardings
+    from zoo.train import causal_lm_loss_fn, create_train_state, make_train_step
+
+    ref_state, ref_m = reference_step
+    mesh = make_mesh(MESH_SHAPE)
+    model = AutoModelForCausalLM.from_pretrained(folder, mesh=mesh, rules=preset)
+    shardings = param_shardings(model.params, model.param_axes(), mesh, preset)
+    zero = zero_shardings(shardings, model.params, preset)
+    state = create_train_state(model, OPT, shardings=shardings, opt_shardings=zero)
+    step = make_train_step(causal_lm_loss_fn(model), OPT, grad_accum_steps=2, max_grad_norm=1.0,
+                           mesh=mesh, rules=preset, param_sharding=shardings, update_sharding=zero)
+    state, m = step(state, shard_batch(tiny_batch(), mesh, preset))
+    assert abs(float(m["loss"]) - float(ref_m["loss"])) <= 1e-5 * float(ref_m["loss"])
+    assert abs(float(m["grad_norm"]) - float(ref_m["grad_norm"])) <= 1e-4 * float(ref_m["grad_norm"])
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    assert spec_of(picked(state.params)["q"]) == EXPECTED[preset]["q"]
+    # q kernel [layers 2, embed 32, heads 4, head_dim 8]: the largest dimension not yet split takes
+    # the data-parallel axes the preset leaves free.
+    zero_q = {"dp": (None, ("data", "fsdp")), "fsdp+tp": (None, "fsdp", "tensor", "data")}[preset]
+    assert spec_of(picked(state.opt_state[0].trace)["q"]) == zero_q
+    # Later steps keep the placement (params not left split the ZeRO way), so nothing recompiles.
+    state, _ = step(state, shard_batch(tiny_batch(), mesh, preset))
+    compiled = step._cache_size()
+    state, m3 = step(state, shard_batch(tiny_batch(), mesh, preset))
+    assert np.isfinite(float(m3["loss"])) and spec_of(picked(state.params)["q"]) == EXPECTED[preset]["q"]
+    assert step._cache_size() == compiled
+
+
+def test_zero_shardings_leaves_indivisible_and_used_axes():
+    from zoo.sharding import make_mesh, zero_shardings
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sh = jax.sharding.NamedSharding
+    shardings = {"a": sh(mesh, P()), "b": sh(mesh, P(None, "fsdp")), "c": sh(mesh, P())}
+    shapes = {"a": jax.ShapeDtypeStruct((6, 8), np.float32), "b": jax.ShapeDtypeStruct((6, 8), np.float32),
+              "c": jax.ShapeDtypeStruct((3,), np.float32)}
+    out = zero_shardings(shardings, shapes, "dp")
+    assert out["a"].spec == P(None, ("data", "fsdp"))  # 8 divides by 4; 6 would not
+    assert out["b"].spec == P("data", "fsdp")           # fsdp already used: data takes the other dim
+    assert out["c"].spec == P()                          # 3 divides by nothing: stays replicated
+
+
 def test_expert_parallel_mixtral(tmp_path):
     from zoo import AutoModelForCausalLM
     from zoo.sharding import make_mesh, use_mesh

@@ -122,6 +122,34 @@ def param_shardings(abstract: Any, axes_tree: Any, mesh: Mesh, rules: str | Rule
     )
 
 
+def zero_shardings(shardings: Any, abstract: Any, rules: str | Rules | None = None) -> Any:
+    """ZeRO placement for the optimizer state and the update: each param's sharding with its
+    largest still-unsplit dimension also split over the data-parallel mesh axes (those the
+    rules put ``batch`` on) that it does not use yet. A dimension they do not divide stays whole.
+
+    Under plain data parallelism (params replicated) every device would otherwise hold all of
+    Adam's moments and run the whole update; with these each updates its 1/n of the params
+    (gradients reduce-scattered, new params all-gathered once per step).
+    """
+    batch_axes = get_rules(rules).get("batch", ())
+
+    def widen(sh: NamedSharding, a: Any) -> NamedSharding:
+        mesh = sh.mesh
+        spec = list(sh.spec) + [None] * (len(a.shape) - len(sh.spec))
+        used = {ax for entry in spec if entry is not None for ax in ((entry,) if isinstance(entry, str) else entry)}
+        free = [ax for ax in batch_axes if ax not in used and mesh.shape.get(ax, 1) > 1]
+        n = math.prod(mesh.shape[ax] for ax in free)
+        if not free:
+            return sh
+        for dim in sorted(range(len(a.shape)), key=lambda d: -a.shape[d]):
+            if spec[dim] is None and a.shape[dim] % n == 0:
+                spec[dim] = free[0] if len(free) == 1 else tuple(free)
+                return NamedSharding(mesh, PartitionSpec(*spec))
+        return sh
+
+    return jax.tree.map(widen, shardings, abstract)
+
+
 def shard_params(params: Any, axes_tree: Any, mesh: Mesh, rules: str | Rules | None = None) -> Any:
     shardings = param_shardings(params, axes_tree, mesh, rules)
     return jax.tree.map(jax.device_put, params, shardings)

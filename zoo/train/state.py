@@ -86,6 +86,7 @@ def create_train_state(
     loss_scale: LossScale | None = None,
     ema: bool = False,
     shardings: Any = None,
+    opt_shardings: Any = None,
     copy: bool = True,
 ) -> TrainState:
     """A fresh state. ``trainable``: a bool tree or a ``(path, leaf) -> bool`` predicate (default:
@@ -93,7 +94,10 @@ def create_train_state(
     param-shaped leaves (Adam's moments) are placed like the param they track.
 
     The step donates the state, so by default the params are copied first and the model they
-    came from stays usable; ``copy=False`` saves that memory (the model's arrays are then consumed)."""
+    came from stays usable; ``copy=False`` saves that memory (the model's arrays are then consumed).
+
+    ``opt_shardings``: place the moments by this tree instead of ``shardings`` (ZeRO, from
+    ``zoo.sharding.zero_shardings``: each data-parallel device holds 1/n of them)."""
     if hasattr(params, "params") and hasattr(params, "config"):  # a model object
         if trainable is None and hasattr(params, "trainable_mask"):  # a PeftModel: only its adapters
             trainable = params.trainable_mask()
@@ -105,6 +109,8 @@ def create_train_state(
     else:
         train, frozen = partition(params, trainable)
     init = optimizer.init
+    if opt_shardings is not None:
+        shardings = opt_shardings
     if shardings is not None:
         train_shardings, _ = partition(shardings, trainable) if trainable is not None else (shardings, None)
         abstract = jax.eval_shape(optimizer.init, train)

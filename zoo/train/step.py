@@ -137,6 +137,13 @@ def _microbatches(batch: Batch, n: int) -> Batch:
     return jax.tree.map(split, dict(batch))
 
 
+def _constrain(tree: Any, shardings: Any) -> Any:
+    """``with_sharding_constraint`` leaf by leaf; ``None`` (frozen) places in ``tree`` stay ``None``."""
+    if shardings is None:
+        return tree
+    return jax.tree.map(lambda s, x: x if x is None else jax.lax.with_sharding_constraint(x, s), shardings, tree)
+
+
 def _select(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -155,6 +162,8 @@ def make_train_step(
     rules: Any = None,
     state_sharding: Any = None,
     batch_sharding: Any = None,
+    param_sharding: Any = None,
+    update_sharding: Any = None,
     donate: bool = True,
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
@@ -169,9 +178,18 @@ def make_train_step(
       as they were; ``metrics['skipped']`` is 1 and the step counter still advances.
     - ``mesh``/``rules``: activations are constrained by the rules while tracing;
       ``state_sharding``/``batch_sharding`` fix the jit in/out shardings.
+    - ``update_sharding`` (ZeRO, from ``zoo.sharding.zero_shardings``): the gradients, and the
+      params the optimizer reads, are placed by this tree for the update, so each data-parallel
+      device updates 1/n of the params (its optimizer state placed the same way by
+      ``create_train_state(..., opt_shardings=...)``); the new params go back to
+      ``param_sharding`` (default: ``state_sharding.params``). Trees match ``state.params``.
     """
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    if param_sharding is None and state_sharding is not None:
+        param_sharding = state_sharding.params
+    if update_sharding is not None and param_sharding is None:
+        raise ValueError("update_sharding needs param_sharding (or state_sharding): where the new params go back to")
 
     def sum_and_grad(params, frozen, batch, rng, scale):
         def objective(p):
@@ -204,7 +222,7 @@ def make_train_step(
             init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros)
             (total, count, grads), _ = jax.lax.scan(body, init, (jnp.arange(grad_accum_steps), micro))
         denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32) / (denom * scale), grads)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32) / (denom * scale), _constrain(grads, update_sharding))
         loss = total / denom
         grad_norm = global_norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
@@ -213,10 +231,13 @@ def make_train_step(
             grads = jax.tree.map(lambda g: g * factor, grads)
         # Zeroed gradients keep NaNs out of the optimizer's arithmetic; the select below discards its result.
         safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-        updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        new_params = jax.tree.map(lambda n, o: n.astype(o.dtype), new_params, state.params)
-        params = _select(finite, new_params, state.params)
+        old_params = _constrain(state.params, update_sharding)
+        updates, new_opt = optimizer.update(safe_grads, state.opt_state, old_params)
+        new_params = optax.apply_updates(old_params, updates)
+        new_params = jax.tree.map(lambda n, o: n.astype(o.dtype), new_params, old_params)
+        params = _select(finite, new_params, old_params)
+        if update_sharding is not None:
+            params = _constrain(params, param_sharding)
         opt_state = _select(finite, new_opt, state.opt_state)
         ema = state.ema
         if ema is not None and ema_decay is not None:
