@@ -43,6 +43,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import reference as ref
+from kernels._compat import triton_compiler_params
 from kernels.block_sizes import check_min_block, decode_block_k, decode_num_splits
 from kernels.flash_attention import _dot_nn, _dot_nt, _skip_unless, resolve_backend, tile_visible
 
@@ -215,7 +216,6 @@ def _check(q: Array, kv_heads: int, head_dim: int) -> None:
 
 
 def _call(kernel, grid, in_specs, args, out_rows, d, cfg: DecodeConfig, batch, kv_heads, splits):
-    from jax.experimental.pallas import triton as plgpu
     out_specs = [pl.BlockSpec((None, None, None, out_rows, d), lambda b, h, s: (b, h, s, 0, 0)),
                  pl.BlockSpec((None, None, None, out_rows, 1), lambda b, h, s: (b, h, s, 0, 0))]
     out_shape = [jax.ShapeDtypeStruct((batch, kv_heads, splits, out_rows, d), jnp.float32),
@@ -223,7 +223,7 @@ def _call(kernel, grid, in_specs, args, out_rows, d, cfg: DecodeConfig, batch, k
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs,
         out_specs=out_specs, out_shape=out_shape,
-        compiler_params=None if cfg.interpret else plgpu.CompilerParams(num_warps=4, num_stages=2),
+        compiler_params=None if cfg.interpret else triton_compiler_params(num_warps=4, num_stages=2),
         interpret=cfg.interpret, name="paged_decode_attention" if cfg.paged else "decode_attention",
     )(*args)
 

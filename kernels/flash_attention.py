@@ -61,6 +61,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import reference as ref
+from kernels._compat import triton_compiler_params
 from kernels.block_sizes import BLOCK_TABLE, choose_blocks  # noqa: F401 (re-exported)
 
 Array = jax.Array
@@ -127,8 +128,7 @@ def _compiler_params(cfg: FlashConfig, head_dim: int, ndims: int, vmem_bytes: in
     if cfg.interpret:
         return None
     if cfg.backend == "triton":
-        from jax.experimental.pallas import triton as plgpu
-        return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
+        return triton_compiler_params(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
     from jax.experimental.pallas import tpu as pltpu
     return pltpu.CompilerParams(dimension_semantics=("parallel",) * ndims,
                                 vmem_limit_bytes=tpu_vmem_limit(vmem_bytes))

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
@@ -67,7 +67,10 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | N
     if math.prod(shape.values()) != len(devices):
         raise ValueError(f"mesh shape {shape} needs {math.prod(shape.values())} devices, have {len(devices)}")
     arr = np.array(devices).reshape(tuple(shape.values()))
-    return Mesh(arr, tuple(shape.keys()))
+    # Auto axes spelled out: our rules place tensors with NamedSharding + with_sharding_constraint
+    # and let XLA propagate the rest. jax.make_mesh already defaults to Explicit axes (jax 0.8.1+);
+    # naming the type keeps Mesh() meaning the same if its default follows.
+    return Mesh(arr, tuple(shape.keys()), axis_types=(AxisType.Auto,) * len(shape))
 
 
 def get_rules(rules: str | Rules | None) -> Rules:

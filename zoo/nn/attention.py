@@ -117,14 +117,21 @@ def register_attention(name: str, fn: Callable[..., jax.Array]) -> None:
     _REGISTRY[name] = fn
 
 
+def _has_pallas_gpu() -> bool:
+    """Whether this jax still ships the Pallas backend our GPU kernels lower through (see kernels/_compat.py)."""
+    from kernels._compat import has_pallas_triton
+
+    return has_pallas_triton()
+
+
 def platform_supports(name: str, platform: str | None = None) -> bool:
     platform = platform or jax.default_backend()
     if name == "xla":
         return True
     if name == "cudnn":
         return platform == "gpu"
-    if name == "pallas":
-        return True  # GPU/TPU compiled, CPU through interpret mode
+    if name == "pallas":  # GPU/TPU compiled, CPU through interpret mode
+        return platform != "gpu" or _has_pallas_gpu()
     return name in _REGISTRY
 
 
@@ -132,9 +139,12 @@ def resolve_implementation(name: str) -> str:
     """Check that ``name`` can run here; 'auto' picks the fastest available, logging the choice."""
     platform = jax.default_backend()
     if name == "auto":
-        if platform in ("gpu", "tpu"):
+        if platform in ("gpu", "tpu") and platform_supports("pallas", platform):
             logger.info("attn_implementation='auto' -> 'pallas' (compiled kernels on %s)", platform)
             return "pallas"
+        if platform == "gpu":
+            logger.info("attn_implementation='auto': falling back to 'xla' (this jax has no Pallas Triton backend)")
+            return "xla"
         # Pallas would only run interpreted here (orders of magnitude slower) and cudnn not at all.
         logger.info("attn_implementation='auto': falling back to 'xla' on %s "
                     "('pallas' is compiled only on gpu/tpu, 'cudnn' needs an NVIDIA GPU)", platform)
@@ -144,7 +154,7 @@ def resolve_implementation(name: str) -> str:
     if not platform_supports(name, platform):
         raise ValueError(
             f"attn_implementation='{name}' cannot run on platform '{platform}' "
-            f"(cudnn needs an NVIDIA GPU); use 'xla' or 'auto'"
+            f"(cudnn needs an NVIDIA GPU; pallas on GPU needs jax's Pallas Triton backend); use 'xla' or 'auto'"
         )
     return name
 

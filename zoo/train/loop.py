@@ -376,7 +376,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if not coordinator_address or not num_processes or num_processes <= 1:
         return False
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or os.environ.get("JAX_PLATFORM_NAME") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+        # CPU processes talk over gloo, already jax's default on the versions we support (0.10+); set it
+        # only if something changed it, so a jax that retires the option is not asked for it.
+        if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") != "gloo":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     return True
