@@ -21,6 +21,13 @@ interpret   any       as triton             as triton             16
 * Shapes: a block never exceeds the next power of two of the sequence length
   (floored at the smallest block the backend compiles: 16 for Triton's
   ``tl.dot``, 128 for TPU lanes), so short prompts do not pad to 128 rows.
+  Explicit blocks below that floor are a ValueError for compiled kernels (they
+  would lower, then fail in the device compiler); interpret mode takes any.
+* The issue's benchmark shapes lower with these defaults (checked by
+  tests/test_kernel_lowering.py): prefill b=2, 32 heads, 4096 tokens, d=128,
+  bf16 -> Triton (128, 64) fwd / (64, 64) bwd, 8 warps; TPU (256, 512) fwd /
+  (256, 256) bwd, about 5 MiB VMEM per kernel. Decode at 8k/128k context,
+  32 q / 8 kv heads, batch 4 -> block_k 64, 8 splits, 32 query rows per tile.
 
 None of this is autotuned. Override per call with ``block_q=`` / ``block_k=``
 (:func:`kernels.flash_attention`, :func:`kernels.decode_attention`), or for the
@@ -118,11 +125,14 @@ def pallas_block_sizes(**kwargs) -> Iterator[BlockSizes]:
 
 
 def choose_blocks(backend: str, head_dim: int, q_len: int, kv_len: int,
-                  block_q: int | None, block_k: int | None) -> tuple[int, int, int, int]:
+                  block_q: int | None, block_k: int | None,
+                  interpret: bool = False) -> tuple[int, int, int, int]:
     """(block_q, block_k, block_q_bwd, block_k_bwd) for one flash-attention call.
 
     Priority: explicit ``block_q``/``block_k`` arguments (both directions), then
-    :func:`set_pallas_block_sizes`, then the table clamped to short inputs.
+    :func:`set_pallas_block_sizes`, then the table clamped to short inputs. Compiled
+    kernels (``interpret=False``) reject blocks below the backend's minimum here, with
+    a clear error, because below it they still *lower* but fail in the device compiler.
     """
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
@@ -138,12 +148,33 @@ def choose_blocks(backend: str, head_dim: int, q_len: int, kv_len: int,
     bk = block_k or o.block_k or clamp(fwd[1], kv_len)
     bq_b = block_q or o.block_q_bwd or o.block_q or clamp(bwd[0], q_len)
     bk_b = block_k or o.block_k_bwd or o.block_k or clamp(bwd[1], kv_len)
+    if not interpret:
+        check_min_block(backend, block_q=bq, block_k=bk, block_q_bwd=bq_b, block_k_bwd=bk_b)
     return bq, bk, bq_b, bk_b
+
+
+# Why each backend has a floor (shown in the error).
+_MIN_BLOCK_WHY = {
+    "triton": "Triton's tl.dot needs M, N, K >= 16",
+    "mosaic_tpu": "TPU blocks of per-row side inputs (segment ids, positions) are 128-lane "
+                  "tiles, and bf16 rows are packed in pairs",
+}
+
+
+def check_min_block(backend: str, **blocks: int) -> None:
+    """Raise if a compiled kernel would get a block below the backend's minimum."""
+    floor = MIN_BLOCK[backend]
+    small = {name: value for name, value in blocks.items() if value < floor}
+    if small:
+        raise ValueError(f"{backend} kernels need blocks >= {floor} ({_MIN_BLOCK_WHY[backend]}); "
+                         f"got {small}. Smaller blocks only run with interpret=True.")
 
 
 def decode_block_k(head_dim: int, interpret: bool) -> int:
     """Keys per inner step of decode attention (the table's last column)."""
     if _OVERRIDES.decode_block_k:
+        if not interpret:
+            check_min_block("triton", decode_block_k=_OVERRIDES.decode_block_k)
         return _OVERRIDES.decode_block_k
     if interpret:
         return 16

@@ -40,7 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import reference as ref
-from kernels.block_sizes import decode_block_k, decode_num_splits
+from kernels.block_sizes import check_min_block, decode_block_k, decode_num_splits
 from kernels.flash_attention import _dot_nn, _dot_nt, _skip_unless, resolve_backend, tile_visible
 
 Array = jax.Array
@@ -188,6 +188,14 @@ def _unrows(o: Array, q_shape: tuple[int, ...], dtype) -> Array:
     return o.transpose(0, 2, 1, 3, 4).reshape(b, t, hq, d).astype(dtype)
 
 
+def _check_compiled_block(name: str, value: int) -> None:
+    """Triton tiles are power-of-two shaped and tl.dot needs >= 16 keys (a smaller block lowers
+    but fails in Triton's compiler, so say it here)."""
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two for the compiled (Triton) kernel, got {value}")
+    check_min_block("triton", **{name: value})
+
+
 def _check(q: Array, kv_heads: int, head_dim: int) -> None:
     if q.ndim != 4 or q.shape[3] != head_dim or q.shape[2] % kv_heads:
         raise ValueError(f"q {q.shape} incompatible with kv_heads={kv_heads}, head_dim={head_dim}")
@@ -245,6 +253,8 @@ def decode_attention(q: Array, k: Array, v: Array, lengths: Array | None = None,
                                               q_positions=q_positions, kv_positions=kv_positions)
     explicit = kv_positions is not None
     bk = block_k or decode_block_k(d, interpret)
+    if block_k is not None and not interpret:
+        _check_compiled_block("block_k", block_k)
     splits = num_splits or decode_num_splits() or choose_num_splits(b, hk, kv_len, bk)
     blocks_per_split = -(-kv_len // (splits * bk))
     padded_len = splits * blocks_per_split * bk
@@ -302,6 +312,8 @@ def paged_decode_attention(q: Array, k_pages: Array, v_pages: Array, block_table
         return ref.paged_decode_attention_reference(q, k_pages, v_pages, block_tables, lengths,
                                                     softcap=softcap, scale=scale,
                                                     sliding_window=sliding_window)
+    if not interpret:
+        _check_compiled_block("page_size", page_size)
     max_pages = block_tables.shape[1]
     splits = num_splits or decode_num_splits() or choose_num_splits(b, hk, max_pages * page_size,
                                                                     page_size)

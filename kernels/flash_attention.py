@@ -12,8 +12,10 @@ Why it looks like this:
   directly; Mosaic TPU wants ``heads`` out of the two minor (tiled) dims, so the
   wrapper transposes to ``[batch, heads, len, head_dim]`` first.
 * **GQA without repeating K/V.** The kv BlockSpec maps query head ``h`` to kv
-  head ``h // group``; the dK/dV kernel runs per kv head and loops over the
-  ``group`` query heads that share it, so neither direction copies K/V.
+  head ``h // group``, so neither direction copies K/V. The dK/dV kernel runs per
+  query head (computed transposed, keys on rows, so per-query statistics are
+  lane-dense rows); with GQA each query head writes an fp32 partial and a jnp sum
+  over the group gives dK/dV.
 * **Backward recomputes.** The forward saves only ``o`` and the per-row
   log-sum-exp; the backward is two kernels (dK/dV per kv block, dQ per q block)
   that rebuild the probabilities tile by tile, so no ``[q_len, kv_len]`` array
@@ -27,10 +29,12 @@ The masking semantics are defined in :mod:`kernels.reference`.
 Limits worth knowing:
 
 * Per (batch, head) program the forward and dQ kernels address the whole K/V
-  of that head (the dK/dV kernel: the whole Q/dO of the head group). On GPU
-  that is just a pointer; on TPU it is a VMEM buffer, so the Mosaic path is
-  meant for sequences up to a few thousand tokens per head (beyond that use a
-  grid-pipelined kernel such as splash attention).
+  of that head (the dK/dV kernel: the whole Q/dO of that query head). On GPU
+  that is just a pointer; on TPU it is a VMEM buffer (about 5 MiB per kernel at
+  4096 tokens, head_dim 128, bf16; linear in length), so each TPU kernel asks
+  for a VMEM limit sized from its blocks and past 64 MiB (roughly 32k tokens)
+  raises a clear error: beyond that use a grid-pipelined kernel such as splash
+  attention, or backend="xla".
 * Blocks skipped outright: beyond the causal diagonal and outside the sliding
   window. Segment ids are only masked, never used to skip blocks.
 * fp32 inputs use full-precision (IEEE) dots; bf16/fp16 use the tensor-core
@@ -38,7 +42,9 @@ Limits worth knowing:
 * ``pallas_call`` is not auto-partitioned: under a sharded ``jit`` call it
   inside ``shard_map`` (batch/heads split freely; sequence is not split).
 * Verified here: interpret mode on CPU (both layouts) and Triton / Mosaic
-  *lowering* (``jax.export``); the device compile and speed need a GPU/TPU.
+  *lowering* (``jax.export`` for cuda / tpu, tests/test_kernel_lowering.py). Not
+  verified: XLA's Triton -> PTX compile and libtpu's Mosaic compile (layouts,
+  the real VMEM use), correctness on a device and speed: they need a GPU/TPU.
 """
 
 from __future__ import annotations
@@ -115,14 +121,67 @@ def _padded_head_dim(backend: str, interpret: bool, head_dim: int) -> int:
     return head_dim
 
 
-def _compiler_params(cfg: FlashConfig, head_dim: int, ndims: int):
+def _compiler_params(cfg: FlashConfig, head_dim: int, ndims: int, vmem_bytes: int = 0):
     if cfg.interpret:
         return None
     if cfg.backend == "triton":
         from jax.experimental.pallas import triton as plgpu
         return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
     from jax.experimental.pallas import tpu as pltpu
-    return pltpu.CompilerParams(dimension_semantics=("parallel",) * ndims)
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * ndims,
+                                vmem_limit_bytes=tpu_vmem_limit(vmem_bytes))
+
+
+# TPU VMEM: what a Mosaic kernel gets unless it asks (v5e: 16 MiB scoped, v6e: 32 MiB), and the
+# most we ask for (v7x has 64 MiB of VMEM per core, the least of current TPUs).
+TPU_DEFAULT_VMEM = 16 * 2**20
+TPU_MAX_VMEM = 64 * 2**20
+
+
+def tpu_block_bytes(block_shape, dtype) -> int:
+    """VMEM of one block: the two minor dims padded to (8 * packing, 128) tiles."""
+    dims = [1 if n is None else int(n) for n in block_shape]
+    dims = [1] * (2 - len(dims)) + dims
+    itemsize = jnp.dtype(dtype).itemsize
+    sublanes = 8 * max(1, 4 // itemsize)
+    rows, lanes = _round_up(dims[-2], sublanes), _round_up(dims[-1], 128)
+    return math.prod(dims[:-2]) * rows * lanes * itemsize
+
+
+def tpu_vmem_estimate(specs, arrays) -> int:
+    """Bytes of VMEM the pipelined blocks of a pallas_call take: every block double-buffered.
+    Values inside the kernel (score tiles, accumulators) come on top, hence the margin below."""
+    return sum(2 * tpu_block_bytes(spec.block_shape, x.dtype) for spec, x in zip(specs, arrays))
+
+
+def tpu_vmem_limit(estimate: int) -> int | None:
+    """None (the default) when the blocks fit the smallest default with room to spare; else
+    the estimate plus 50% and 4 MiB for in-kernel values, or a clear error past what any
+    current TPU has (these kernels keep one head's whole K/V, or Q/dO, in VMEM)."""
+    if estimate <= TPU_DEFAULT_VMEM // 2:
+        return None
+    limit = _round_up(estimate + estimate // 2 + 4 * 2**20, 2**20)
+    if limit > TPU_MAX_VMEM:
+        raise ValueError(
+            f"flash_attention on TPU would need ~{limit / 2**20:.0f} MiB of VMEM (> {TPU_MAX_VMEM >> 20} MiB): "
+            "this kernel holds one head's whole K/V (and Q/dO in the backward) in VMEM, so the "
+            "sequence is too long for it; use backend='xla', shorter sequences or smaller head_dim")
+    return limit
+
+
+def _pallas(kernel, cfg: FlashConfig, *, grid, in_specs, out_specs, out_shape, name: str, head_dim: int):
+    """pallas_call with the backend's compiler params (TPU: a VMEM limit from the block sizes)."""
+    def call(*args):
+        vmem = 0
+        if cfg.backend == "mosaic_tpu" and not cfg.interpret:
+            outs = out_shape if isinstance(out_shape, (list, tuple)) else [out_shape]
+            o_specs = out_specs if isinstance(out_specs, (list, tuple)) else [out_specs]
+            vmem = tpu_vmem_estimate([*in_specs, *o_specs], [*args, *outs])
+        return pl.pallas_call(
+            functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs, out_specs=out_specs,
+            out_shape=out_shape, compiler_params=_compiler_params(cfg, head_dim, len(grid), vmem),
+            interpret=cfg.interpret, name=name)(*args)
+    return call
 
 
 # --------------------------------------------------------------------------- shared tile math
@@ -157,23 +216,27 @@ def scores(q: Array, k: Array, scale: float, softcap: float | None) -> tuple[Arr
 
 
 def tile_mask(q_start, k_start, shape: tuple[int, int], cfg: FlashConfig,
-              q_seg: Array | None, k_seg: Array | None, bounds=None, k_pos=None) -> Array | None:
+              q_seg: Array | None, k_seg: Array | None, bounds=None, k_pos=None,
+              transposed: bool = False) -> Array | None:
     """Boolean visibility of a ``[block_q, block_k]`` tile (None = all visible).
 
     Explicit mode: ``bounds = (lo, hi)`` are ``[block_q, 1]`` inclusive visible key
-    positions per row and ``k_pos`` the ``[1, block_k]`` key positions (padding: -1)."""
+    positions per row and ``k_pos`` the ``[1, block_k]`` key positions (padding: -1).
+    ``transposed``: the tile is ``[block_k, block_q]`` (keys on rows, as in the dK/dV
+    kernel) and every per-query input is a row, every per-key input a column."""
     if cfg.explicit:
         lo, hi = bounds
         mask = jnp.logical_and(k_pos >= lo, k_pos <= hi)
     else:
-        q_pos = q_start + cfg.offset + lax.broadcasted_iota(jnp.int32, shape, 0)
-        k_pos = k_start + lax.broadcasted_iota(jnp.int32, shape, 1)
+        q_axis, k_axis = (1, 0) if transposed else (0, 1)
+        q_pos = q_start + cfg.offset + lax.broadcasted_iota(jnp.int32, shape, q_axis)
+        k_pos = k_start + lax.broadcasted_iota(jnp.int32, shape, k_axis)
         mask = ref.position_mask(q_pos, k_pos, causal=cfg.causal, sliding_window=cfg.sliding_window)
         if cfg.kv_len_padded != cfg.kv_len:
             valid = k_pos < cfg.kv_len
             mask = valid if mask is None else jnp.logical_and(mask, valid)
     if q_seg is not None:
-        same = q_seg == k_seg                      # [bq, 1] == [1, bk]
+        same = q_seg == k_seg                      # [bq, 1] == [1, bk] (transposed: [1, bq], [bk, 1])
         mask = same if mask is None else jnp.logical_and(mask, same)
     return mask
 
@@ -252,13 +315,6 @@ def _unpack(refs, cfg: FlashConfig, n_in: int):
     return ins, segs, pos, rest
 
 
-def _rows(ref_, head, start, size: int, heads_major: bool):
-    """A [size, d] tile of a ref holding several heads ([h, L, d] or [L, h, d])."""
-    if heads_major:
-        return ref_[head, pl.ds(start, size), :]
-    return ref_[pl.ds(start, size), head, :]
-
-
 # --------------------------------------------------------------------------- kernels
 
 def _fwd_kernel(*refs, cfg: FlashConfig):
@@ -312,52 +368,53 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
 
 
 def _dkv_kernel(*refs, cfg: FlashConfig):
+    """dK, dV of one kv block from one q head, computed transposed: scores are ``[bk, bq]``
+    (keys on rows), so log-sum-exp, delta and all per-query side inputs are lane-dense rows
+    ``[1, Lq]`` (no ``[Lq, 1]`` column padded to 128 lanes in TPU VMEM) and every matmul is
+    ``a @ b`` or ``a @ b.T``."""
     ((q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), (qs_ref, ks_ref),
      (lo_ref, hi_ref, kp_ref), (dk_ref, dv_ref)) = _unpack(refs, cfg, 6)
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     k_start = pl.program_id(2) * bk
     k = k_ref[...]
     v = v_ref[...]
-    k_seg = None if ks_ref is None else ks_ref[...]
-    k_pos = kp_ref[...] if cfg.explicit else None
+    k_seg = None if ks_ref is None else ks_ref[...]          # [bk, 1]
+    k_pos = kp_ref[...] if cfg.explicit else None            # [bk, 1]
 
-    def update(carry, g, q_start, bounds):
+    def update(carry, q_start, bounds):
         dk, dv = carry
-        q = _rows(q_ref, g, q_start, bq, cfg.heads_major)
-        do = _rows(do_ref, g, q_start, bq, cfg.heads_major)
-        lse = lse_ref[g, pl.ds(q_start, bq), :]
-        delta = delta_ref[g, pl.ds(q_start, bq), :]
-        q_seg = None if qs_ref is None else qs_ref[pl.ds(q_start, bq), :]
-        s, t = scores(q, k, cfg.scale, cfg.softcap)
+        q = q_ref[pl.ds(q_start, bq), :]
+        do = do_ref[pl.ds(q_start, bq), :]
+        lse = lse_ref[:, pl.ds(q_start, bq)]                 # [1, bq]
+        delta = delta_ref[:, pl.ds(q_start, bq)]
+        q_seg = None if qs_ref is None else qs_ref[:, pl.ds(q_start, bq)]
+        s, t = scores(k, q, cfg.scale, cfg.softcap)          # [bk, bq]
         p = jnp.exp(s - lse)
-        mask = tile_mask(q_start, k_start, (bq, bk), cfg, q_seg, k_seg, bounds, k_pos)
+        mask = tile_mask(q_start, k_start, (bk, bq), cfg, q_seg, k_seg, bounds, k_pos,
+                         transposed=True)
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
-        dv = dv + _dot_tn(p.astype(do.dtype), do)
-        ds = p * (_dot_nt(do, v) - delta)
+        dv = dv + _dot_nn(p.astype(do.dtype), do)
+        ds = p * (_dot_nt(v, do) - delta)
         if t is not None:
             ds = ds * (1.0 - t * t)
-        dk = dk + _dot_tn(ds.astype(q.dtype), q)
+        dk = dk + _dot_nn(ds.astype(q.dtype), q)
         return dk, dv
 
-    def q_body(i, carry, g):
+    def q_body(i, carry):
         q_start = pl.multiple_of(i * bq, bq)
         if not cfg.explicit:
-            return update(carry, g, q_start, None)
-        bounds = (lo_ref[pl.ds(q_start, bq), :], hi_ref[pl.ds(q_start, bq), :])
+            return update(carry, q_start, None)
+        bounds = (lo_ref[:, pl.ds(q_start, bq)], hi_ref[:, pl.ds(q_start, bq)])
         return _skip_unless(tile_visible(bounds, k_pos),
-                            lambda c: update(c, g, q_start, bounds), carry)
+                            lambda c: update(c, q_start, bounds), carry)
 
     if cfg.explicit:
         lo, hi = 0, cfg.q_len_padded // bq
     else:
         lo, hi = q_block_range(k_start, bq, bk, cfg)
-
-    def group_body(g, carry):
-        return lax.fori_loop(lo, hi, functools.partial(q_body, g=g), carry)
-
     zeros = jnp.zeros(k.shape, jnp.float32)
-    dk, dv = lax.fori_loop(0, cfg.group, group_body, (zeros, zeros))
+    dk, dv = lax.fori_loop(lo, hi, q_body, (zeros, zeros))
     dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -413,20 +470,31 @@ def _tile_spec(cfg: FlashConfig, rows: int, d: int, row_block, head_block) -> pl
                         lambda b, h, i: (b, row_block(i), head_block(h), 0))
 
 
-def _group_spec(cfg: FlashConfig, rows: int, d: int) -> pl.BlockSpec:
-    """Spec for all `group` q heads of kv head h, full length: [g, L, d] or [L, g, d]."""
-    g = cfg.group
-    if cfg.heads_major:
-        return pl.BlockSpec((None, g, rows, d), lambda b, h, i: (b, h, 0, 0))
-    return pl.BlockSpec((None, rows, g, d), lambda b, h, i: (b, 0, h, 0))
-
-
 def _segment_specs(q_rows: int, kv_rows: int, q_full: bool, kv_full: bool):
     qs = pl.BlockSpec((None, q_rows, 1), (lambda b, h, i: (b, 0, 0)) if q_full
                       else (lambda b, h, i: (b, i, 0)))
     ks = pl.BlockSpec((None, 1, kv_rows), (lambda b, h, i: (b, 0, 0)) if kv_full
                       else (lambda b, h, i: (b, 0, i)))
     return [qs, ks]
+
+
+def _transposed_side_specs(cfg: FlashConfig, lq: int, bk: int):
+    """Side inputs of the dK/dV kernel: q side whole rows ``[b, 1, Lq]``, kv side column
+    tiles ``[b, Lk, 1]`` (see :func:`_transpose_side`)."""
+    qs = pl.BlockSpec((None, 1, lq), lambda b, h, i: (b, 0, 0))
+    ks = pl.BlockSpec((None, bk, 1), lambda b, h, i: (b, i, 0))
+    return ([qs, ks] if cfg.has_segments else []) + ([qs, qs, ks] if cfg.explicit else [])
+
+
+def _transpose_side(side, cfg: FlashConfig):
+    """q-side ``[b, L, 1]`` <-> ``[b, 1, L]`` and kv-side ``[b, 1, L]`` -> ``[b, L, 1]``: free
+    reshapes (a unit axis moves), so the transposed kernel gets rows/columns the other way."""
+    kinds = ([True, False] if cfg.has_segments else []) + ([True, True, False] if cfg.explicit else [])
+    out = []
+    for x, q_side in zip(side, kinds):
+        b, _, _ = x.shape
+        out.append(x.reshape(b, 1, -1) if q_side else x.reshape(b, -1, 1))
+    return out
 
 
 def _side_specs(cfg: FlashConfig, q_rows: int, kv_rows: int, q_full: bool, kv_full: bool):
@@ -474,16 +542,9 @@ def _forward_call(q, k, v, side, cfg: FlashConfig):
     lse_shape = jax.ShapeDtypeStruct((b, hq, lq, 1), jnp.float32)
     out_specs = [_tile_spec(cfg, cfg.block_q, d, _same, _same),
                  pl.BlockSpec((None, None, cfg.block_q, 1), lambda b_, h, i: (b_, h, i, 0))]
-    return pl.pallas_call(
-        functools.partial(_fwd_kernel, cfg=cfg),
-        grid=(b, hq, lq // cfg.block_q),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), lse_shape],
-        compiler_params=_compiler_params(cfg, d, 3),
-        interpret=cfg.interpret,
-        name="flash_attention_fwd",
-    )(*args)
+    return _pallas(_fwd_kernel, cfg, grid=(b, hq, lq // cfg.block_q), in_specs=in_specs,
+                   out_specs=out_specs, out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), lse_shape],
+                   name="flash_attention_fwd", head_dim=d)(*args)
 
 
 def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
@@ -499,22 +560,27 @@ def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
     lk = cfg.kv_len_padded
     bq, bk, g = cfg.block_q_bwd, cfg.block_k_bwd, cfg.group
 
-    # dK, dV: one program per (batch, kv head, kv block), looping over the group's q heads.
-    stat_group = pl.BlockSpec((None, g, lq, 1), lambda b_, h, i: (b_, h, 0, 0))
-    in_specs = [_group_spec(cfg, lq, d), _tile_spec(cfg, bk, d, _same, _same),
-                _tile_spec(cfg, bk, d, _same, _same), _group_spec(cfg, lq, d),
-                stat_group, stat_group]
-    in_specs += _side_specs(cfg, lq, bk, q_full=True, kv_full=False)
-    dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, cfg=cfg),
-        grid=(b, hk, lk // bk),
-        in_specs=in_specs,
-        out_specs=[_tile_spec(cfg, bk, d, _same, _same)] * 2,
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=_compiler_params(cfg, d, 3),
-        interpret=cfg.interpret,
-        name="flash_attention_dkv",
-    )(q, k, v, do, lse, delta, *side)
+    # dK, dV: one program per (batch, q head, kv block), looping over q blocks. With GQA each
+    # q head writes its own fp32 partial, summed over the group below: more parallel programs
+    # than looping over the group in one, and only one head's Q/dO in TPU VMEM at a time.
+    kv_head = functools.partial(_kv_head, group=g)
+    stat_rows = pl.BlockSpec((None, None, 1, lq), lambda b_, h, i: (b_, h, 0, 0))
+    in_specs = [_tile_spec(cfg, lq, d, _zero, _same), _tile_spec(cfg, bk, d, _same, kv_head),
+                _tile_spec(cfg, bk, d, _same, kv_head), _tile_spec(cfg, lq, d, _zero, _same),
+                stat_rows, stat_rows]
+    in_specs += _transposed_side_specs(cfg, lq, bk)
+    if g == 1:
+        dkv_shapes = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+    else:
+        per_q_head = (b, hq, lk, d) if cfg.heads_major else (b, lk, hq, d)
+        dkv_shapes = [jax.ShapeDtypeStruct(per_q_head, jnp.float32)] * 2
+    rows = lambda x: x.reshape(b, hq, 1, lq)  # noqa: E731  [b, h, Lq, 1] -> [b, h, 1, Lq], free
+    dk, dv = _pallas(_dkv_kernel, cfg, grid=(b, hq, lk // bk), in_specs=in_specs,
+                     out_specs=[_tile_spec(cfg, bk, d, _same, _same)] * 2, out_shape=dkv_shapes,
+                     name="flash_attention_dkv", head_dim=d,
+                     )(q, k, v, do, rows(lse), rows(delta), *_transpose_side(side, cfg))
+    if g > 1:
+        dk, dv = (_sum_group(x, hk, g, cfg.heads_major).astype(y.dtype) for x, y in ((dk, k), (dv, v)))
 
     # dQ: one program per (batch, q head, q block), looping over kv blocks.
     stat_tile = pl.BlockSpec((None, None, bq, 1), lambda b_, h, i: (b_, h, i, 0))
@@ -523,17 +589,20 @@ def _backward_calls(q, k, v, side, o, lse, do, cfg: FlashConfig):
                 _tile_spec(cfg, lk, d, _zero, functools.partial(_kv_head, group=g)),
                 _tile_spec(cfg, bq, d, _same, _same), stat_tile, stat_tile]
     in_specs += _side_specs(cfg, bq, lk, q_full=False, kv_full=True)
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg),
-        grid=(b, hq, lq // bq),
-        in_specs=in_specs,
-        out_specs=_tile_spec(cfg, bq, d, _same, _same),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=_compiler_params(cfg, d, 3),
-        interpret=cfg.interpret,
-        name="flash_attention_dq",
-    )(q, k, v, do, lse, delta, *side)
+    dq = _pallas(_dq_kernel, cfg, grid=(b, hq, lq // bq), in_specs=in_specs,
+                 out_specs=_tile_spec(cfg, bq, d, _same, _same),
+                 out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), name="flash_attention_dq",
+                 head_dim=d)(q, k, v, do, lse, delta, *side)
     return dq, dk, dv
+
+
+def _sum_group(x: Array, kv_heads: int, group: int, heads_major: bool) -> Array:
+    """Per-q-head partials -> per-kv-head sums (q head h belongs to kv head h // group)."""
+    if heads_major:
+        b, _, length, d = x.shape
+        return x.reshape(b, kv_heads, group, length, d).sum(2)
+    b, length, _, d = x.shape
+    return x.reshape(b, length, kv_heads, group, d).sum(3)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -645,7 +714,7 @@ def flash_attention(q: Array, k: Array, v: Array, *, causal: bool = False,
                                        sliding_window=sliding_window, softcap=softcap, scale=scale,
                                        q_positions=q_positions, kv_positions=kv_positions)
     segs = ref.split_segment_ids(segment_ids, q_len, kv_len)
-    bq, bk, bq_b, bk_b = choose_blocks(backend, d, q_len, kv_len, block_q, block_k)
+    bq, bk, bq_b, bk_b = choose_blocks(backend, d, q_len, kv_len, block_q, block_k, interpret)
     lq = _round_up(q_len, math.lcm(bq, bq_b))
     lk = _round_up(kv_len, math.lcm(bk, bk_b))
     heads_major = backend == "mosaic_tpu"

@@ -1,5 +1,6 @@
 """benchmarks/bench_attention_gpu.py --dry-run: every code path of the GPU benchmark runs on CPU
-(Pallas interpret mode, tiny shapes), so the script is known to work before a GPU is at hand."""
+(Pallas interpret mode, tiny shapes), so the script is known to work before a GPU is at hand;
+--lower-only: its full-size Pallas functions lower for cuda (Triton) without a GPU."""
 from __future__ import annotations
 
 import dataclasses
@@ -44,3 +45,14 @@ def test_dry_run_prints_all_tables(bench, monkeypatch, capsys):
     for impl in ("pallas", "pallas-paged", "xla"):
         assert re.search(rf"^64\s+{impl}\s+[\d.]+\s", out, re.M), impl
     assert "vs cudnn" in out
+
+
+def test_lower_only_exports_every_pallas_function_for_cuda(bench, capsys):
+    bench.main(["--lower-only"])  # exits non-zero if a Pallas function fails to lower
+    out = capsys.readouterr().out
+    lowered = dict(re.findall(r"^((?:prefill|decode) \S+ \S+(?: ctx=\d+)?)\s+ok\s+(\d+)", out, re.M))
+    for case in ("prefill fwd pallas", "prefill fwd+bwd pallas", "decode pallas ctx=8192",
+                 "decode pallas-paged ctx=131072"):
+        assert int(lowered[case]) >= 1, (case, out)
+    assert int(lowered["prefill fwd+bwd pallas"]) == 3  # forward, dK/dV and dQ kernels
+    assert lowered["prefill fwd xla"] == "0"

@@ -29,9 +29,14 @@ def llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def draft(tmp_path_factory):
+def draft_pair(tmp_path_factory):
     hf = make_hf_model("LlamaConfig", "LlamaForCausalLM", seed=1, **DRAFT)
-    return AutoModelForCausalLM.from_pretrained(save_hf(hf, tmp_path_factory.mktemp("draft")))
+    return hf, AutoModelForCausalLM.from_pretrained(save_hf(hf, tmp_path_factory.mktemp("draft")))
+
+
+@pytest.fixture(scope="module")
+def draft(draft_pair):
+    return draft_pair[1]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +126,55 @@ def test_prompt_lookup_accepts_drafts_on_repetitive_text(llama):
     state = assisted.assisted_prefill_fn(model, None, gen, ids_b, mask_b, jax.random.PRNGKey(0), 8, 4, ())
     state = assisted.assisted_loop_fn(model, None, gen, 4, state, bucket, pad_lens, np.int32(bucket + 8), ())
     assert int(state.rounds) < 7  # 7 new tokens after prefill: fewer rounds means drafts were accepted
+
+
+def _assert_rows_close(ours, ref):
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("how,eos", [("assistant", "second"), ("self", None), ("self", "second"), ("lookup", None)])
+def test_assisted_scores_and_logits_match_transformers(llama, draft_pair, how, eos):
+    """Transformers' assisted generate (batch 1): one processed score row and one raw logit row per
+    generated token, the target's, for accepted drafts and the token after them alike."""
+    hf, model = llama
+    hf_draft, draft = draft_pair
+    ids = np.array([[7, 3, 9, 3, 9, 11]])
+    free = model.generate(ids, max_new_tokens=12, eos_token_id=None, repetition_penalty=1.3)
+    eos_id = None if eos is None else int(free[0, 7])  # ends at the 2nd new token (unless it appeared before)
+    kw = dict(max_new_tokens=12, eos_token_id=eos_id, repetition_penalty=1.3, return_dict_in_generate=True,
+              output_scores=True, output_logits=True)
+    # "self": the target drafts for itself, so every draft is accepted and whole blocks of rows are kept
+    theirs = {"assistant": dict(assistant_model=hf_draft), "self": dict(assistant_model=hf),
+              "lookup": dict(prompt_lookup_num_tokens=3)}[how]
+    ours_kw = {"assistant": dict(assistant_model=draft, num_assistant_tokens=3),
+               "self": dict(assistant_model=model, num_assistant_tokens=3),
+               "lookup": dict(prompt_lookup_num_tokens=3)}[how]
+    ref = hf_generate(hf, ids, do_sample=False, **theirs, **kw)
+    ours = model.generate(ids, **ours_kw, **kw)
+    np.testing.assert_array_equal(ours.sequences, ref.sequences.numpy())
+    assert ours.sequences.shape[1] - ids.shape[1] == len(ours.scores) == len(ours.logits)
+    _assert_rows_close(ours.scores, ref.scores)
+    _assert_rows_close(ours.logits, ref.logits)
+    assert not np.allclose(ours.scores[1], ours.logits[1])  # the penalty made processed differ from raw
+
+
+def test_assisted_scores_equal_plain_scores_in_a_batch(llama, draft, batch, k=3):
+    """Left-padded batch whose rows end apart (Transformers' assisted decoding takes one row):
+    every row and step equals plain greedy's, which matches Transformers (test_return_dict_shapes)."""
+    _, model = llama
+    ids, mask, eos = batch
+    kw = dict(max_new_tokens=10, eos_token_id=eos, no_repeat_ngram_size=2, return_dict_in_generate=True,
+              output_scores=True, output_logits=True)
+    plain = model.generate(ids, attention_mask=mask, **kw)
+    # the target as its own assistant: every draft accepted, so whole K + 1 blocks of rows are kept
+    for extra in (dict(assistant_model=draft, num_assistant_tokens=k), dict(assistant_model=model,
+                  num_assistant_tokens=k), dict(prompt_lookup_num_tokens=k)):
+        ours = model.generate(ids, attention_mask=mask, **extra, **kw)
+        np.testing.assert_array_equal(ours.sequences, plain.sequences)
+        _assert_rows_close(ours.scores, plain.scores)
+        _assert_rows_close(ours.logits, plain.logits)
 
 
 def test_assisted_rejects_conflicting_options(llama, draft):
@@ -278,3 +332,43 @@ def test_bad_inputs_give_clear_errors(llama):
         model.generate(np.array([[3, -2, 5]]), max_new_tokens=3)
     # padded (masked) slots may hold anything, as with Transformers
     model.generate(np.array([[-1, 4, 5]]), attention_mask=np.array([[0, 1, 1]]), max_new_tokens=2)
+
+
+class _NullStreamer:
+    def put(self, value):
+        pass
+
+    def end(self):
+        pass
+
+
+BAD_INPUTS = [  # (input_ids, attention_mask, generate kwargs, error message)
+    ([[3, 4, 5]], None, dict(max_new_tokens=62, prompt_lookup_num_tokens=2), "65 exceeds the model's context of 64"),
+    ([[3, 4, 5]], None, dict(max_new_tokens=62, num_beams=2), "65 exceeds the model's context of 64"),
+    ([[3, 4, 5]], None, dict(max_length=100), "100 exceeds the model's context of 64"),
+    ([[3, 4, 5]], None, dict(do_sample=True, temperature=-1.0, max_new_tokens=3), "temperature"),
+    ([[3, 4, 5]], None, dict(do_sample=True, temperature=0.0, num_beams=2, max_new_tokens=3), "temperature"),
+    ([[3, 4, 5]], None, dict(do_sample=True, temperature=0.0, prompt_lookup_num_tokens=2, max_new_tokens=3),
+     "temperature"),
+    (np.zeros((0, 3), int), None, dict(max_new_tokens=3), r"empty or badly shaped.*\(0, 3\)"),
+    ([[3, 4, 5], [6, 7, 8]], [[1, 1, 1], [0, 0, 0]], dict(max_new_tokens=3), "row has no tokens"),
+    ([[3, 4, 5]], np.ones((1, 1, 3)), dict(max_new_tokens=3), r"attention_mask shape \(1, 1, 3\) does not match"),
+    ([[3, 4, 5]], np.ones((2, 3)), dict(max_new_tokens=3, num_beams=2), r"attention_mask shape \(2, 3\)"),
+    ([[3, 4, 5]], np.ones((1, 2)), dict(max_new_tokens=3, prompt_lookup_num_tokens=2), r"attention_mask shape"),
+    ([[3.0, 4.0]], None, dict(max_new_tokens=3), "must be integers"),
+    ([[3, 4, 5]], None, dict(num_beams=2, prompt_lookup_num_tokens=2, max_new_tokens=3), "num_beams > 1"),
+    ([[3, 4, 5]], None, dict(prompt_lookup_num_tokens=-1, max_new_tokens=3), "positive integer, got -1"),
+    ([[3, 4, 5]], None, dict(num_beams=2, max_new_tokens=3, streamer=_NullStreamer()), "beam search"),
+    ([[3, 4], [5, 6]], None, dict(max_new_tokens=3, streamer=_NullStreamer()), "batch size 1"),
+    ([[3, 4], [5, 6]], None, dict(max_new_tokens=3, streamer=_NullStreamer(), prompt_lookup_num_tokens=2),
+     "batch size 1"),
+    ([[3, 4, 5]], None, dict(max_new_tokens=3, stop_strings=["ab"]), "needs the tokenizer"),
+]
+
+
+@pytest.mark.parametrize("ids,mask,kw,match", BAD_INPUTS)
+def test_bad_input_is_named_for_every_strategy(llama, ids, mask, kw, match):
+    """Issue 3's bad-input list, through plain, beam and assisted decoding alike (raised before compiling)."""
+    _, model = llama
+    with pytest.raises(ValueError, match=match):
+        model.generate(np.asarray(ids), attention_mask=mask, **kw)

@@ -213,3 +213,190 @@ def test_engine_queues_when_pages_run_out(tiny_chat_dir):
             engine.submit(list(range(3, 30)), SamplingParams(max_tokens=8), lambda e: None)
     finally:
         engine.shutdown()
+
+
+# ---------------------------------------------------------------- chunked prefill
+CHUNK = 8  # two pages of PAGE
+
+
+def chunked_greedy(model, prompts: list[list[int]], chunk: int = CHUNK):
+    """Greedy decoding with every prompt prefilled ``chunk`` tokens at a time, the chunks of the
+    prompts taken round robin (so each chunk writes among its neighbours' pages), then one
+    decode batch. Returns per-prompt tokens and the logits that chose each of them."""
+    from zoo.generation import paged
+
+    cfg = model.config
+    width = paged.pages_needed(cfg.max_position_embeddings, PAGE)
+    pool = paged.init_pages(cfg, num_pages=40, page_size=PAGE)
+    alloc = paged.PageAllocator(40)
+    owned = interleaved_pages(alloc, [paged.pages_needed(len(p) + MAX_NEW, PAGE) for p in prompts])
+    tables = np.stack([paged.block_table_row(o, width) for o in owned])
+    pending = [paged.prompt_chunks(len(p), chunk) for p in prompts]
+    out_tokens: list[list[int]] = [[] for _ in prompts]
+    out_logits: list[list[np.ndarray]] = [[] for _ in prompts]
+    while any(pending):
+        for i, prompt in enumerate(prompts):
+            if not pending[i]:
+                continue
+            start, count = pending[i].pop(0)
+            ids = np.zeros((1, chunk), np.int32)
+            ids[0, :count] = prompt[start:start + count]
+            tok, logits, pool = paged.prefill_chunk_into_pages(model, pool, ids, [start], [count], tables[i:i + 1])
+            if not pending[i]:  # the prompt's last chunk chose its first token
+                out_tokens[i].append(int(np.asarray(tok)[0]))
+                out_logits[i].append(np.asarray(logits)[0])
+    tokens = np.array([t[0] for t in out_tokens], np.int32)
+    positions = np.array([len(p) for p in prompts], np.int32)
+    active = np.ones((len(prompts),), bool)
+    for _ in range(MAX_NEW - 1):
+        nxt, logits, pool = paged.paged_decode_step(model, pool, tokens, positions, tables, active)
+        for i, (t, lg) in enumerate(zip(np.asarray(nxt), np.asarray(logits))):
+            out_tokens[i].append(int(t))
+            out_logits[i].append(lg)
+        tokens, positions = np.asarray(nxt), positions + 1
+    return out_tokens, out_logits
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_chunked_prefill_matches_generate_and_compiles_once(kind):
+    """Prompts shorter than a chunk, exactly one chunk, and several chunks long with a ragged
+    last chunk (27 = 3 x 8 + 3: not a multiple of the chunk nor of the page) decode exactly
+    as ``generate``, logits included; qwen3's window (6) is shorter than a chunk, so windowed
+    layers must drop keys of earlier chunks. Every prompt length runs the same compiled chunk."""
+    from zoo.generation import paged
+
+    model = tiny_decoder(kind)
+    rng = np.random.RandomState(1)
+    prompts = [rng.randint(3, 96, n).tolist() for n in (5, CHUNK, 27, 13)]
+    compiles = paged.prefill_chunk_compiles()
+    toks, logits = chunked_greedy(model, prompts[:1])
+    assert paged.prefill_chunk_compiles() == compiles + 1
+    toks, logits = chunked_greedy(model, prompts)
+    assert paged.prefill_chunk_compiles() == compiles + 1, "a new prompt length compiled a new shape"
+    longest = max(map(len, prompts))
+    ids = np.zeros((len(prompts), longest), np.int32)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):], mask[i, longest - len(p):] = p, 1
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    ref_logits = np.stack(ref.logits, axis=1)
+    for i in range(len(prompts)):
+        assert toks[i] == ref.sequences[i, longest:].tolist(), f"prompt of {len(prompts[i])} tokens"
+        assert_close_rel(np.stack(logits[i]), ref_logits[i], 1e-5)
+    # and the same first-token logits as the whole-prompt prefill into pages
+    whole_tokens, whole_logits = paged_greedy(model, prompts[2:3], join_after=[0], batch=1)
+    assert whole_tokens[0] == toks[2]
+    assert_close_rel(np.stack(whole_logits[0]), np.stack(logits[2]), 1e-5)
+
+
+def test_chunked_prefill_bad_values_are_clear():
+    from zoo.cli.main import build_parser
+    from zoo.cli import serve as serve_cli
+    from zoo.generation import paged
+    from zoo.serving.engine import Engine
+
+    assert paged.chunk_shapes(256) == (16, 32, 64, 128, 256)
+    assert paged.chunk_shapes(100) == (25, 50, 100) and paged.chunk_shapes(8) == (8,)
+    assert [paged.chunk_shape(n, 256) for n in (1, 16, 17, 100, 256)] == [16, 16, 32, 128, 256]
+    assert paged.prompt_chunks(27, 8) == [(0, 8), (8, 8), (16, 8), (24, 3)]
+    model = tiny_decoder("llama")
+    for bad in (0, -16, 2.5, True, "256"):
+        with pytest.raises(ValueError, match="prefill_chunk_size must be a positive number of tokens"):
+            Engine(model, None, max_batch=1, page_size=PAGE, prefill_chunk_size=bad)
+    # a chunk longer than any prompt can be is capped, not refused; None turns chunking off
+    assert Engine(model, None, max_batch=1, page_size=PAGE, prefill_chunk_size=1000).prefill_chunk_size == 64
+    assert Engine(model, None, max_batch=1, page_size=PAGE, prefill_chunk_size=None).prefill_chunk_size is None
+    pool = paged.init_pages(model.config, 4, PAGE)
+    table = paged.block_table_row([1, 2], 2)[None]
+    with pytest.raises(ValueError, match=r"chunk token counts must be in 1..8"):
+        paged.prefill_chunk_into_pages(model, pool, np.zeros((1, 8), np.int32), [0], [9], table)
+    with pytest.raises(ValueError, match="past the block table's 8 token slots"):
+        paged.prefill_chunk_into_pages(model, pool, np.zeros((1, 8), np.int32), [4], [8], table)
+    args = build_parser().parse_args(["serve", "--model", "unused", "--prefill-chunk-size", "0"])
+    with pytest.raises(ValueError, match="--prefill-chunk-size must be positive, got 0"):
+        serve_cli.run(args)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_running_request_streams_while_a_long_prompt_prefills(tiny_chat_dir, chunked, monkeypatch):
+    """Request A is decoding when request B, whose prompt is five chunks long, arrives. With
+    chunked prefill A gets a token between any two of B's chunks (the order of engine events,
+    not timing); prefilled whole, B's prompt goes in in one call. Both answers equal
+    ``generate``'s either way, and B's prompt length compiled no new chunk shape. A request
+    cancelled halfway through its prefill gives its row and pages back."""
+    import threading
+
+    from zoo import AutoModelForCausalLM
+    from zoo.generation import paged
+    from zoo.serving.engine import Engine, Finished, SamplingParams
+    from zoo.tokenization import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_chat_dir), scan_layers=False)
+    engine = Engine(model, tok, max_batch=2, page_size=PAGE, max_model_len=96,
+                    prefill_chunk_size=CHUNK if chunked else None)
+    engine.warmup((8, 64))
+    compiles = paged.prefill_chunk_compiles()
+    prompt_a = tok.encode("Hello there")
+    prompt_b = tok.encode("the zoo keeps its models as plain functions of their weights and its pages " * 3)[:37]
+    assert len(prompt_a) <= CHUNK and len(prompt_b) == 37  # B: 4 x 8 + 5, five chunks, the last ragged
+    prefill_calls: list[tuple[int, int, int]] = []  # (first position, tokens, A's tokens so far)
+    cancel_at_16: list = []  # a sequence to cancel while its chunk at position 16 runs
+    name = "prefill_chunk_into_pages" if chunked else "prefill_into_pages"
+    real = getattr(paged, name)
+
+    def recording(model, pages, ids, *args, **kwargs):
+        start, count = (args[0][0], args[1][0]) if chunked else (0, args[0][0])
+        prefill_calls.append((int(start), int(count), len(a_seq.out)))
+        if cancel_at_16 and start == 16:
+            engine.cancel(cancel_at_16[0])
+        return real(model, pages, ids, *args, **kwargs)
+
+    monkeypatch.setattr(paged, name, recording)
+    finished: dict[str, Finished] = {}
+    done = threading.Event()
+
+    def sink(who):
+        def put(event):
+            if who == "A" and not finished and len(a_seq.out) >= 2 and not b_seq:
+                # A is decoding: now B arrives (submitted on the engine thread, so no race)
+                b_seq.append(engine.submit(prompt_b, SamplingParams(max_tokens=4, ignore_eos=True), sink("B")))
+            if isinstance(event, Finished):
+                finished[who] = event
+                if len(finished) == 2:
+                    done.set()
+        return put
+
+    b_seq: list = []
+    a_seq = engine.submit(prompt_a, SamplingParams(max_tokens=20, ignore_eos=True), sink("A"))
+    engine.start()
+    try:
+        assert done.wait(120), prefill_calls
+        calls_a_b = list(prefill_calls)
+        if chunked:
+            cancelled = threading.Event()
+            c_end: list = []
+            c_sink = lambda e: (c_end.append(e), cancelled.set()) if isinstance(e, Finished) else None  # noqa: E731
+            cancel_at_16.append(engine.submit(prompt_b, SamplingParams(max_tokens=4), c_sink))
+            assert cancelled.wait(60)
+            assert [c[:2] for c in prefill_calls[len(calls_a_b):]] == [(0, 8), (8, 8), (16, 8)]
+            assert (c_end[0].reason, c_end[0].completion_tokens) == ("cancelled", 0)
+            assert engine.allocator.num_free == engine.num_pages - 1
+            assert not engine.prefilling and engine.rows == [None, None]
+    finally:
+        engine.shutdown()
+    assert calls_a_b[0] == (0, len(prompt_a), 0)
+    b_calls = calls_a_b[1:]
+    if chunked:
+        assert [(s, n) for s, n, _ in b_calls] == [(0, 8), (8, 8), (16, 8), (24, 8), (32, 5)]
+        a_progress = [a for _, _, a in b_calls]
+        assert a_progress == list(range(a_progress[0], a_progress[0] + 5)), "A decoded once between B's chunks"
+        assert a_progress[0] >= 2
+        assert paged.prefill_chunk_compiles() == compiles, "B's prompt length compiled a new chunk shape"
+    else:
+        assert [(s, n) for s, n, _ in b_calls] == [(0, len(prompt_b))]
+    for who, prompt, n in (("A", prompt_a, 20), ("B", prompt_b, 4)):
+        ref = model.generate([prompt], max_new_tokens=n, do_sample=False, eos_token_id=None)
+        assert finished[who].reason == "length"
+        assert finished[who].text == tok.decode(ref[0, len(prompt):].tolist(), skip_special_tokens=True), who

@@ -82,6 +82,79 @@ def test_greedy_generate_matches_transformers(tmp_path):
     np.testing.assert_array_equal(np.asarray(ours), ref)
 
 
+@pytest.fixture(scope="module")
+def crossing_model(tmp_path_factory):
+    """Longrope switching at 8 positions: a 5-token prompt with 10 new tokens crosses it mid-generation.
+    Long factors far from the short ones and larger weights make a stale cache change the tokens."""
+    cfg = dict(BASE, initializer_range=0.2, **longrope(8))
+    cfg["rope_parameters"]["long_factor"] = np.linspace(1.0, 40.0, 4).tolist()
+    hf = make_hf_model("Phi3Config", "Phi3ForCausalLM", **cfg)
+    return hf, AutoModelForCausalLM.from_pretrained(save_hf(hf, tmp_path_factory.mktemp("phi3")), scan_layers=False)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_greedy_generate_across_original_max_position_embeddings(crossing_model, batch, monkeypatch):
+    """Transformers drops the cache once when the sequence reaches 8 + 1 tokens (counting left padding)
+    and recomputes every position with the long factors; tokens and every step's logits must match."""
+    hf, model = crossing_model
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=batch, seq=5, seed=0)
+    assert ids.shape[1] <= 8 < ids.shape[1] + 10 - 1  # the prompt is short, a generated token is fed past 8
+    kw = dict(max_new_tokens=10, eos_token_id=None, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False, **kw)
+    ours = model.generate(ids, attention_mask=mask, **kw)
+    np.testing.assert_array_equal(ours.sequences, ref.sequences.numpy())
+    for a, b in zip(ours.logits, ref.logits):
+        assert_close_rel(a, b.numpy(), 1e-4)
+    if batch == 1:  # streamed in chunks of 2 steps (17 -> 19 -> 21 in the buffer): the switch at 20 falls inside one
+        got = []
+
+        class Collect:
+            def put(self, x):
+                got.extend(np.asarray(x).reshape(-1).tolist())
+
+            def end(self):
+                pass
+
+        model.generate(ids, max_new_tokens=10, eos_token_id=None, streamer=Collect(), stream_chunk_size=2)
+        assert got == ref.sequences[0].tolist()
+    # the case is sensitive: keeping the short-factor cache across the switch changes the tokens
+    import zoo.models.phi3 as phi3
+
+    monkeypatch.delattr(phi3, "cache_reset_length")
+    stale = model.generate(ids, attention_mask=mask, **kw)
+    assert not np.array_equal(stale.sequences, ref.sequences.numpy())
+
+
+def test_beam_search_across_original_max_position_embeddings(crossing_model, monkeypatch):
+    """Beam search (Transformers' prepare_inputs_for_generation serves it too): the beams' sequences are
+    re-run with the long factors at the same step."""
+    hf, model = crossing_model
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=2, seq=5, seed=0)
+    kw = dict(max_new_tokens=10, eos_token_id=None, num_beams=2, num_return_sequences=2)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False, **kw).numpy()
+    np.testing.assert_array_equal(model.generate(ids, attention_mask=mask, **kw), ref)
+    import zoo.models.phi3 as phi3
+
+    monkeypatch.delattr(phi3, "cache_reset_length")
+    assert not np.array_equal(model.generate(ids, attention_mask=mask, **kw), ref)
+
+
+def test_assisted_across_original_max_position_embeddings_falls_back_to_plain(crossing_model):
+    """A verification forward spanning the switch would mix factors; assisted decoding hands the call to
+    plain decoding (same greedy tokens, which equal Transformers' plain greedy) and says so."""
+    hf, model = crossing_model
+    ids, mask = left_padded_batch(BASE["vocab_size"], batch=1, seq=5, seed=0)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False, max_new_tokens=10,
+                          eos_token_id=None).numpy()
+    for extra in (dict(prompt_lookup_num_tokens=3), dict(assistant_model=model, num_assistant_tokens=3)):
+        with pytest.warns(UserWarning, match="falls back to plain decoding"):
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, **extra)
+        np.testing.assert_array_equal(out, ref)
+
+
 def test_sequence_classification(tmp_path):
     hf = make_hf_model("Phi3Config", "Phi3ForSequenceClassification", **BASE, num_labels=3)
     ids, mask = left_padded_batch(BASE["vocab_size"])

@@ -21,6 +21,7 @@ MAX_MODEL_LEN = 96  # < MAX_PROMPT + MAX_TOKENS, so their sum can be refused on 
 MAX_PROMPT = 64
 MAX_TOKENS = 48
 MAX_QUEUED = 40
+CHUNK = 32  # chunked prefill (pieces padded to 16 or 32): longer prompts here span two chunks
 
 
 def free_port() -> int:
@@ -70,7 +71,8 @@ def server(tiny_chat_dir):
 
     tok = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_chat_dir), scan_layers=False)
-    engine = Engine(model, tok, max_batch=8, page_size=16, max_model_len=MAX_MODEL_LEN, max_queued=MAX_QUEUED)
+    engine = Engine(model, tok, max_batch=8, page_size=16, max_model_len=MAX_MODEL_LEN, max_queued=MAX_QUEUED,
+                    prefill_chunk_size=CHUNK)
     engine.warmup((8, 16, 32))
     engine.start()
     app = build_app(engine, MODEL, max_prompt_tokens=MAX_PROMPT, max_tokens=MAX_TOKENS)
@@ -254,6 +256,36 @@ def test_32_concurrent_requests_all_answered(server):
     server.wait_idle()
 
 
+def test_chunked_prefill_answers_equal_generate_and_compile_nothing_new(server):
+    """Prompts shorter than a chunk, exactly one, and up to two chunks with ragged ends (1, 16, 17,
+    32, 33, 50, 64 tokens, against pages of 16) come out as ``generate``'s, sent together so
+    their chunks interleave with each other's decoding; the warmup compiled every chunk shape."""
+    from zoo.generation import paged
+
+    compiles = paged.prefill_chunk_compiles()
+    chunks_before = server.engine.stats["prefill_chunks"]
+    lengths = (1, 16, 17, CHUNK, CHUNK + 1, 50, MAX_PROMPT)
+    prompts = {n: [3 + (7 * i + n) % 250 for i in range(n)] for n in lengths}
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+        try:
+            async def one(n):
+                r = await client.completions.create(model=MODEL, prompt=prompts[n], max_tokens=6, temperature=0,
+                                                    extra_body={"ignore_eos": True})
+                return n, r.choices[0].text
+            return dict(await asyncio.gather(*(one(n) for n in lengths)))
+        finally:
+            await client.close()
+
+    answers = asyncio.run(main())
+    for n in lengths:
+        assert answers[n] == reference(server, prompts[n], 6, ignore_eos=True)[0], f"prompt of {n} tokens"
+    assert paged.prefill_chunk_compiles() == compiles, "a prompt length compiled a new chunk shape"
+    assert server.engine.stats["prefill_chunks"] - chunks_before >= sum(-(-n // CHUNK) for n in lengths)
+    server.wait_idle()
+
+
 # ---------------------------------------------------------------- bad input
 def assert_openai_error(status, body, expected_status, code=None, param=None):
     assert status == expected_status, body
@@ -426,14 +458,21 @@ def test_engine_failure_answers_500_and_server_recovers(server, monkeypatch):
     streaming), gives their pages back, and the engine goes on."""
     from zoo.generation import paged
 
-    engine = server.engine
     server.wait_idle()
-    real_prefill = paged.prefill_into_pages
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device failure")
 
-    monkeypatch.setattr(paged, "prefill_into_pages", broken)
+    with monkeypatch.context() as patched:  # whole-prompt and chunked prefill alike
+        patched.setattr(paged, "prefill_into_pages", broken)
+        patched.setattr(paged, "prefill_chunk_into_pages", broken)
+        check_failures_answer_500(server)
+    r = server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,
+                                                extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
+
+
+def check_failures_answer_500(server):
     status, body = server.raw("POST", "/v1/chat/completions", json.dumps(
         {"model": MODEL, "messages": MESSAGES, "max_tokens": 4}))
     assert_openai_error(status, body, 500, "engine_error")
@@ -443,7 +482,3 @@ def test_engine_failure_answers_500_and_server_recovers(server, monkeypatch):
     with pytest.raises(openai.APIError, match="simulated device failure"):
         list(server.client().completions.create(model=MODEL, prompt="hi", max_tokens=4, stream=True))
     server.wait_idle()
-    monkeypatch.setattr(paged, "prefill_into_pages", real_prefill)
-    r = server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,
-                                                extra_body={"ignore_eos": True})
-    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted")
     g.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens accepted")
     g.add_argument("--max-queued", type=int, default=64, help="waiting requests beyond which the server answers 503")
+    g.add_argument("--prefill-chunk-size", type=int, default=256,
+                   help="prompt tokens prefilled per engine step, in chunks of this many (default 256): a long "
+                        "prompt is spread over several steps, between which running requests keep decoding, "
+                        "and the prefill compiles once whatever the prompt length")
+    g.add_argument("--no-chunked-prefill", action="store_true",
+                   help="prefill each prompt whole in one step (one compile per prompt-length bucket)")
     g.add_argument("--batching", choices=("continuous", "static"), default="continuous",
                    help="continuous: new requests join the running batch; static: a batch runs to its end first")
     parser.add_argument("--no-warmup", action="store_true", help="compile on the first request instead of at start")
@@ -34,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoo.serving import serve
 
-    for name in ("max_batch", "page_size", "max_queued", "port"):
+    for name in ("max_batch", "page_size", "max_queued", "port", "prefill_chunk_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     print(f"[zoo serve] loading {args.model}", file=sys.stderr, flush=True)
@@ -42,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
           warmup=not args.no_warmup, log_level=args.log_level,
           limits={"max_prompt_tokens": args.max_prompt_tokens, "max_tokens": args.max_tokens},
           max_batch=args.max_batch, page_size=args.page_size, num_pages=args.num_pages,
-          max_model_len=args.max_model_len, max_queued=args.max_queued, batching=args.batching)
+          max_model_len=args.max_model_len, max_queued=args.max_queued, batching=args.batching,
+          prefill_chunk_size=None if args.no_chunked_prefill else args.prefill_chunk_size)
     return 0

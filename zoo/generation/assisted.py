@@ -24,7 +24,7 @@ never fed. Rejected tokens are forgotten by emptying their slots (``truncate_cac
 """
 from __future__ import annotations
 
-import dataclasses
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -33,8 +33,11 @@ import numpy as np
 
 from zoo.generation.cache import init_cache, truncate_cache
 from zoo.generation.config import GenerationConfig
+from zoo.generation.decode import (bucket_length, cache_reset_length, check_streamer, choose, collect_output,
+                                   keep_rows, left_pad, output_buffers, position_ids_from_mask, run_chunks,
+                                   sample_or_greedy, stop_string_matcher)
 from zoo.generation.logits_process import build_logits_processor
-from zoo.generation.stopping_criteria import StopStringMatcher, is_eos
+from zoo.generation.stopping_criteria import is_eos
 from zoo.models import get_family
 
 MAX_MATCHING_NGRAM = 2  # Transformers' default max_matching_ngram_size
@@ -48,6 +51,8 @@ class AssistState(NamedTuple):
     draft_cache: Any        # assistant cache, or None for prompt lookup
     key: jax.Array
     rounds: jax.Array       # number of verification rounds (acceptance statistics)
+    scores: Any             # [B, max_new + K, V] processed scores of the target, or None
+    logits: Any             # [B, max_new + K, V] its raw logits, or None
 
 
 def forward_positions(model, ids, cache, positions, mask=None, keep=1):
@@ -122,6 +127,11 @@ def _assisted_round(model, assistant, gen, k, s: AssistState, prompt_len, pad_le
     else:
         drafts, dvalid = prompt_lookup_drafts(s.tokens, c, pad_lens, k)
         q, draft_cache = None, None
+    pad = gen.pad_token_id if gen.pad_token_id is not None else 0
+    # a finished row, and a row after its drafted EOS, is fed padding as plain decoding feeds it, so every kept
+    # score row is the one plain decoding computes (past an accepted EOS the row ends anyway)
+    drafted_eos = is_eos(drafts, gen.eos_token_ids)
+    drafts = jnp.where(s.finished[:, None] | ((jnp.cumsum(drafted_eos, axis=1) - drafted_eos) > 0), pad, drafts)
     buf = jax.lax.dynamic_update_slice_in_dim(s.tokens, drafts, c, axis=1)
 
     # the target scores the last accepted token and the K drafts in one forward
@@ -164,18 +174,18 @@ def _assisted_round(model, assistant, gen, k, s: AssistState, prompt_len, pad_le
     # end rows at their first EOS; finished rows emit padding
     eos_hit = is_eos(emitted, gen.eos_token_ids) & (j[None] <= n)
     after = (jnp.cumsum(eos_hit, axis=1) - eos_hit) > 0
-    pad = gen.pad_token_id if gen.pad_token_id is not None else 0
     emitted = jnp.where(s.finished[:, None] | after, pad, emitted)
     finished = s.finished | jnp.any(eos_hit & ~s.finished[:, None], axis=1)
     tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, emitted, c, axis=1)
     new_len = c + n + 1
     cache = truncate_cache(cache, new_len - 1)
-    return AssistState(tokens, new_len, finished, cache, draft_cache, key, s.rounds + 1)
+    # the target's rows for all K + 1 positions; the next round overwrites those past the accepted ones
+    step = c - prompt_len
+    return AssistState(tokens, new_len, finished, cache, draft_cache, key, s.rounds + 1,
+                       keep_rows(s.scores, scores, step), keep_rows(s.logits, logits, step))
 
 
 def _assisted_prefill(model, assistant, gen, ids, mask, key, max_new: int, k: int, processors: tuple):
-    from zoo.generation.decode import choose, position_ids_from_mask
-
     b, t = ids.shape
     total = t + max_new
     length = total + k + 1
@@ -190,10 +200,13 @@ def _assisted_prefill(model, assistant, gen, ids, mask, key, max_new: int, k: in
     process = build_logits_processor(gen, prompt_len=t, max_length=total, prompt_pad_len=pad_lens,
                                      logits_processor=processors)
     tokens = jnp.zeros((b, length), jnp.int32).at[:, :t].set(ids)
-    nxt, key = choose(gen, key, process(tokens, jnp.int32(t), logits[:, -1]))
+    first = process(tokens, jnp.int32(t), logits[:, -1])
+    nxt, key = choose(gen, key, first)
     tokens = tokens.at[:, t].set(nxt)
     finished = is_eos(nxt, gen.eos_token_ids)
-    return AssistState(tokens, jnp.int32(t + 1), finished, cache, draft_cache, key, jnp.int32(0))
+    scores, kept_logits = output_buffers(gen, b, max_new + k, logits.shape[-1])
+    return AssistState(tokens, jnp.int32(t + 1), finished, cache, draft_cache, key, jnp.int32(0),
+                       keep_rows(scores, first[:, None], 0), keep_rows(kept_logits, logits[:, -1:], 0))
 
 
 def _loop(model, assistant, gen, k: int, state: AssistState, prompt_len: int, pad_lens, stop_at, processors: tuple):
@@ -217,8 +230,6 @@ def check_assisted(model: Any, gen: GenerationConfig, assistant: Any) -> int:
     if gen.num_beams > 1:
         raise ValueError("assisted decoding (assistant_model / prompt_lookup_num_tokens) does not support "
                          f"num_beams > 1 (got num_beams={gen.num_beams})")
-    if gen.output_scores or gen.output_logits:
-        raise NotImplementedError("output_scores / output_logits are not supported with assisted decoding")
     if assistant is not None:
         va, vt = assistant.config.vocab_size, model.config.vocab_size
         if va != vt:
@@ -236,76 +247,38 @@ def assisted_generate(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: 
                       assistant_model: Any = None, streamer: Any = None, tokenizer: Any = None,
                       processors: tuple = (), chunk: int = 8) -> Any:
     """``generate`` with an assistant model or prompt lookup; same output contract as plain decoding."""
-    from zoo.generation.decode import GenerateOutput, bucket_length, left_pad
-
     k = check_assisted(model, gen, assistant_model)
     if gen.num_return_sequences > 1:
         if not gen.do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True")
         ids, mask = np.repeat(ids, gen.num_return_sequences, 0), np.repeat(mask, gen.num_return_sequences, 0)
     b, t = ids.shape
+    reset = cache_reset_length(model)
+    if reset is not None and t < reset <= t + gen.max_new_tokens + k - 1:
+        # a verification forward could reach the length where the model's cache must be rebuilt (Phi-3
+        # longrope switching factors); plain decoding does that exactly, and greedy output is the same
+        warnings.warn(f"assisted decoding falls back to plain decoding: this generation crosses the length "
+                      f"({reset}) at which {model.config.model_type} recomputes its cache", stacklevel=3)
+        return sample_or_greedy(model, gen, ids, mask, key, streamer=streamer, tokenizer=tokenizer,
+                                processors=processors, chunk=chunk)
     bucket = bucket_length(t)
     pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
+    matcher = stop_string_matcher(gen, tokenizer)
+    check_streamer(streamer, b)
     ids_b, mask_b = left_pad(ids, mask, bucket, pad_id)
     pad_lens = jnp.asarray((mask_b != 0).argmax(axis=1), jnp.int32)
     max_new = gen.max_new_tokens
     total = bucket + max_new
     state = assisted_prefill_fn(model, assistant_model, gen, jnp.asarray(ids_b), jnp.asarray(mask_b), key,
                                 max_new, k, processors)
-    matcher = None
-    if gen.stop_strings:
-        if tokenizer is None:
-            raise ValueError("stop_strings needs the tokenizer: generate(..., tokenizer=tok)")
-        matcher = StopStringMatcher(tokenizer, gen.stop_strings)
-    stepwise = streamer is not None or matcher is not None
-    if streamer is not None:
-        if b != 1:
-            raise ValueError(f"streaming supports batch size 1, got a batch of {b}")
-        streamer.put(ids[0])
-    emitted = bucket
-    while True:
-        stop_at = min(int(state.cur_len) + chunk, total) if stepwise else total
-        state = assisted_loop_fn(model, assistant_model, gen, k, state, bucket, pad_lens, jnp.int32(stop_at),
-                                 processors)
-        cur = min(int(state.cur_len), total)
-        if not stepwise:
-            break
-        toks = np.asarray(state.tokens)[:, :cur]
-        if matcher is not None:
-            hit = matcher(toks[:, bucket:])
-            state = state._replace(finished=state.finished | jnp.asarray(hit))
-            if streamer is not None and hit[0]:
-                toks = toks[:, : bucket + matcher.find(toks[0, bucket:]).num_tokens]
-        if streamer is not None and toks.shape[1] > emitted:
-            streamer.put(toks[0, emitted:])
-            emitted = toks.shape[1]
-        if cur >= total or bool(jnp.all(state.finished)):
-            break
-    if streamer is not None:
-        streamer.end()
-    tokens = np.asarray(state.tokens)
-    cur = min(int(state.cur_len), total)
-    sequences = tokens[:, bucket - t: cur]
-    if matcher is not None:
-        from zoo.generation.decode import _cut_at_stop_strings
 
-        sequences = _cut_at_stop_strings(sequences, t, matcher, pad_id)
-    # the last round may run past the longest unfinished row's EOS: cut to the longest row like greedy
-    sequences = _trim_finished(sequences, t, gen, pad_id)
-    if gen.return_dict_in_generate:
-        return GenerateOutput(sequences=sequences)
-    return sequences
+    def advance(state: AssistState, stop_at: int) -> AssistState:
+        return assisted_loop_fn(model, assistant_model, gen, k, state, bucket, pad_lens, jnp.int32(stop_at),
+                                processors)
 
-
-def _trim_finished(seqs: np.ndarray, prompt_len: int, gen: GenerationConfig, pad: int) -> np.ndarray:
-    """Greedy stops when every row has ended; drop trailing columns after the last row's EOS."""
-    eos = np.asarray(gen.eos_token_ids or (-1,))
-    new = seqs[:, prompt_len:]
-    hit = np.isin(new, eos)
-    if not hit.any(axis=1).all():
-        return seqs
-    ends = hit.argmax(axis=1) + 1
-    return seqs[:, : prompt_len + int(ends.max())]
+    state = run_chunks(advance, state, prompt=ids, bucket=bucket, total=total, streamer=streamer, matcher=matcher,
+                       chunk=chunk)
+    return collect_output(state, gen, prompt_len=t, bucket=bucket, total=total, matcher=matcher, pad_id=pad_id)
 
 
 __all__ = ["assisted_generate", "prompt_lookup_drafts", "AssistState", "check_assisted"]

@@ -89,8 +89,15 @@ def _beam_prefill(model, gen, ids, mask, key, max_new: int, num_beams: int):
     )
 
 
-def _beam_loop(model, gen, state: BeamState, prompt_len: int, pad_lens, processors: tuple):
-    from zoo.generation.decode import model_step
+def _beam_loop(model, gen, state: BeamState, prompt_len: int, pad_lens, processors: tuple, stop_at,
+               mask=None, recompute: int | None = None):
+    """Beam steps until done or ``cur_len == stop_at``.
+
+    With ``recompute`` (a static length), run exactly one step whose forward drops the cache
+    and re-runs every beam's first ``recompute`` tokens (``mask``: the bucketed prompt mask
+    per beam), as Transformers' Phi-3 does once past ``original_max_position_embeddings``.
+    """
+    from zoo.generation.decode import _forward_from_scratch, model_step
 
     b, nb, total = state.running.shape
     max_new = total - prompt_len
@@ -154,26 +161,34 @@ def _beam_loop(model, gen, state: BeamState, prompt_len: int, pad_lens, processo
         open_beam = ~(jnp.all(finished) & (gen.early_stopping is True))
         done = ~(jnp.any(improvable) & open_beam & ~jnp.all(hits))
 
-        # reorder the cache to the surviving beams' parents and run them one step
-        flat_parent = (beam_parent + jnp.arange(b)[:, None] * nb).reshape(-1)
-        cache = reorder_cache(s.cache, flat_parent)
-        positions = s.positions + 1
-        last = jax.lax.dynamic_slice_in_dim(running, cur, 1, axis=2).reshape(b * nb, 1)
-        logits, cache = model_step(model, last, cache, positions[:, None])
+        if recompute is None:
+            # reorder the cache to the surviving beams' parents and run them one step
+            flat_parent = (beam_parent + jnp.arange(b)[:, None] * nb).reshape(-1)
+            cache = reorder_cache(s.cache, flat_parent)
+            positions = s.positions + 1
+            last = jax.lax.dynamic_slice_in_dim(running, cur, 1, axis=2).reshape(b * nb, 1)
+            logits, cache = model_step(model, last, cache, positions[:, None])
+        else:
+            full_mask = jnp.concatenate([mask, jnp.ones((b * nb, recompute - prompt_len), mask.dtype)], axis=1)
+            logits, cache, positions = _forward_from_scratch(model, gen, running.reshape(b * nb, total), recompute,
+                                                             full_mask, chunk=total)
         return BeamState(running, running_scores, sequences, seq_scores, seq_lens, finished, improvable, done,
                          new_len, logits, positions, cache, key, kept)
 
-    return jax.lax.while_loop(cond, body, state)
+    if recompute is not None:
+        return body(state)
+    return jax.lax.while_loop(lambda s: cond(s) & (s.cur_len < stop_at), body, state)
 
 
 beam_prefill_fn = jax.jit(_beam_prefill, static_argnames=("gen", "max_new", "num_beams"))
-beam_loop_fn = jax.jit(_beam_loop, static_argnames=("gen", "prompt_len", "processors"), donate_argnames=("state",))
+beam_loop_fn = jax.jit(_beam_loop, static_argnames=("gen", "prompt_len", "processors", "recompute"),
+                       donate_argnames=("state",))
 
 
 def beam_search(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: np.ndarray, *, key: jax.Array,
                 logits_processor: tuple = ()) -> Any:
     """Beam search (or beam sampling with ``do_sample``) over a prepared, unpadded batch."""
-    from zoo.generation.decode import GenerateOutput, _per_step, bucket_length, left_pad
+    from zoo.generation.decode import GenerateOutput, _per_step, bucket_length, cache_reset_index, left_pad
 
     nb = gen.num_beams
     if gen.num_return_sequences > nb:
@@ -187,7 +202,14 @@ def beam_search(model: Any, gen: GenerationConfig, ids: np.ndarray, mask: np.nda
     pad_lens = jnp.asarray((mask_b != 0).argmax(axis=1), jnp.int32)
     ids_rep, mask_rep = np.repeat(ids_b, nb, axis=0), np.repeat(mask_b, nb, axis=0)
     state = beam_prefill_fn(model, gen, jnp.asarray(ids_rep), jnp.asarray(mask_rep), key, gen.max_new_tokens, nb)
-    state = beam_loop_fn(model, gen, state, bucket, pad_lens, tuple(logits_processor))
+    processors, total = tuple(logits_processor), bucket + gen.max_new_tokens
+    reset_at = cache_reset_index(model, t, bucket, total)
+    if reset_at is not None:  # the step at reset_at - 1 feeds the token that makes the sequence reset_at long
+        state = beam_loop_fn(model, gen, state, bucket, pad_lens, processors, jnp.int32(reset_at - 1))
+        if not bool(state.done) and int(state.cur_len) == reset_at - 1:
+            state = beam_loop_fn(model, gen, state, bucket, pad_lens, processors, jnp.int32(total),
+                                 jnp.asarray(mask_rep), recompute=reset_at)
+    state = beam_loop_fn(model, gen, state, bucket, pad_lens, processors, jnp.int32(total))
     n = gen.num_return_sequences
     seqs = np.asarray(state.sequences[:, :n]).reshape(b * n, -1)
     lens = np.asarray(state.seq_lens[:, :n]).reshape(-1)

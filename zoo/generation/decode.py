@@ -171,34 +171,80 @@ def model_step(model: Any, ids: jax.Array, cache: Any, positions: jax.Array, mas
     return logits[:, -1], cache
 
 
-def _prefill(model, gen, ids, mask, pad_lens, key, max_new: int, processors: tuple):
-    """Run the prompt, choose the first new token, return the loop's initial state."""
+def output_buffers(gen: GenerationConfig, batch: int, rows: int, vocab: int) -> tuple[Any, Any]:
+    """Zeroed ``[B, rows, V]`` buffers for processed scores and raw logits (None when not asked for)."""
+    scores = jnp.zeros((batch, rows, vocab), jnp.float32) if gen.output_scores else None
+    logits = jnp.zeros((batch, rows, vocab), jnp.float32) if gen.output_logits else None
+    return scores, logits
+
+
+def keep_rows(buf: Any, rows: jax.Array, step: jax.Array) -> Any:
+    """Write ``rows`` [B, n, V] into a ``[B, max_new, V]`` output buffer from ``step`` (None stays None)."""
+    if buf is None:
+        return None
+    return jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(jnp.float32), step, axis=1)
+
+
+def _emit(gen, process, s: DecodeState, logits, cache, positions, prompt_len: int) -> DecodeState:
+    """From the next-token logits: process, choose, write at ``cur_len``, record scores, mark finished rows."""
+    scores = process(s.tokens, s.cur_len, logits)
+    nxt, key = choose(gen, s.key, scores)
+    nxt = pad_finished_rows(nxt, s.finished, gen.pad_token_id)
+    tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, nxt[:, None], s.cur_len, axis=1)
+    step = s.cur_len - prompt_len
+    finished = update_finished(s.finished, nxt, gen.eos_token_ids)
+    return DecodeState(tokens, s.cur_len + 1, positions, finished, cache, key,
+                       keep_rows(s.scores, scores[:, None], step), keep_rows(s.logits, logits[:, None], step))
+
+
+def _forward_from_scratch(model, gen, tokens: jax.Array, length: int, mask: jax.Array, chunk: int):
+    """Run ``tokens[:, :length]`` into a fresh cache: last-position logits, the cache, last position ids."""
+    b, total = tokens.shape
+    cache = init_cache(model, b, total, gen, chunk=chunk)
+    positions = position_ids_from_mask(mask)
+    logits, cache = model_step(model, tokens[:, :length], cache, positions, mask)
+    return logits, cache, positions[:, -1]
+
+
+def _processor(gen, prompt_len: int, total: int, pad_lens, processors: tuple):
+    return build_logits_processor(gen, prompt_len=prompt_len, max_length=total, prompt_pad_len=pad_lens,
+                                  logits_processor=processors)
+
+
+def _prefill(model, gen, ids, mask, pad_lens, key, max_new: int, processors: tuple, chunk: int | None = None):
+    """Run the prompt, choose the first new token, return the loop's initial state.
+
+    ``chunk``: the most tokens one forward writes into the cache (the prompt, or a longer
+    recompute planned for later, see :func:`cache_reset_index`), which sizes rolling caches.
+    """
     b, t = ids.shape
     total = t + max_new
-    cache = init_cache(model, b, total, gen, chunk=t)
-    positions = position_ids_from_mask(mask)
-    logits, cache = model_step(model, ids, cache, positions, mask)
     tokens = jnp.zeros((b, total), jnp.int32).at[:, :t].set(ids)
-    process = build_logits_processor(gen, prompt_len=t, max_length=total, prompt_pad_len=pad_lens,
-                                     logits_processor=processors)
-    scores = process(tokens, jnp.int32(t), logits)
-    nxt, key = choose(gen, key, scores)
-    finished = jnp.zeros((b,), bool)
-    nxt = pad_finished_rows(nxt, finished, gen.pad_token_id)
-    tokens = tokens.at[:, t].set(nxt)
-    finished = update_finished(finished, nxt, gen.eos_token_ids)
-    keep_scores = jnp.zeros((b, max_new, scores.shape[-1]), jnp.float32).at[:, 0].set(scores) \
-        if gen.output_scores else None
-    keep_logits = jnp.zeros((b, max_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits) \
-        if gen.output_logits else None
-    return DecodeState(tokens, jnp.int32(t + 1), positions[:, -1], finished, cache, key, keep_scores, keep_logits)
+    logits, cache, positions = _forward_from_scratch(model, gen, tokens, t, mask, chunk or t)
+    scores, kept_logits = output_buffers(gen, b, max_new, logits.shape[-1])
+    state = DecodeState(tokens, jnp.int32(t), positions, jnp.zeros((b,), bool), cache, key, scores, kept_logits)
+    return _emit(gen, _processor(gen, t, total, pad_lens, processors), state, logits, cache, positions, t)
+
+
+def _recompute(model, gen, state: DecodeState, mask, pad_lens, prompt_len: int, length: int, processors: tuple,
+               chunk: int):
+    """Drop the cache and run the whole sequence ``tokens[:, :length]`` again, then choose the next token.
+
+    Transformers' Phi-3 does this once, when the sequence first passes
+    ``original_max_position_embeddings``: longrope then switches to its long factors for
+    every position, including the ones already cached with the short factors.
+    Generated tokens count as attended, as in Transformers' extended attention mask.
+    """
+    b, total = state.tokens.shape
+    full_mask = jnp.concatenate([mask, jnp.ones((b, length - prompt_len), mask.dtype)], axis=1)
+    logits, cache, positions = _forward_from_scratch(model, gen, state.tokens, length, full_mask, chunk)
+    process = _processor(gen, prompt_len, total, pad_lens, processors)
+    return _emit(gen, process, state, logits, cache, positions, prompt_len)
 
 
 def _decode(model, gen, state: DecodeState, prompt_len: int, pad_lens, stop_at, processors: tuple):
     """Decode until every row is finished or ``cur_len == stop_at``."""
-    total = state.tokens.shape[1]
-    process = build_logits_processor(gen, prompt_len=prompt_len, max_length=total, prompt_pad_len=pad_lens,
-                                     logits_processor=processors)
+    process = _processor(gen, prompt_len, state.tokens.shape[1], pad_lens, processors)
 
     def cond(s: DecodeState):
         return (s.cur_len < stop_at) & ~jnp.all(s.finished)
@@ -207,23 +253,35 @@ def _decode(model, gen, state: DecodeState, prompt_len: int, pad_lens, stop_at, 
         last = jax.lax.dynamic_slice_in_dim(s.tokens, s.cur_len - 1, 1, axis=1)
         positions = s.positions + 1
         logits, cache = model_step(model, last, s.cache, positions[:, None])
-        scores = process(s.tokens, s.cur_len, logits)
-        nxt, key = choose(gen, s.key, scores)
-        nxt = pad_finished_rows(nxt, s.finished, gen.pad_token_id)
-        tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, nxt[:, None], s.cur_len, axis=1)
-        step = s.cur_len - prompt_len
-        kept = s.scores if s.scores is None else jax.lax.dynamic_update_slice_in_dim(
-            s.scores, scores[:, None], step, axis=1)
-        kept_logits = s.logits if s.logits is None else jax.lax.dynamic_update_slice_in_dim(
-            s.logits, logits[:, None].astype(jnp.float32), step, axis=1)
-        finished = update_finished(s.finished, nxt, gen.eos_token_ids)
-        return DecodeState(tokens, s.cur_len + 1, positions, finished, cache, key, kept, kept_logits)
+        return _emit(gen, process, s, logits, cache, positions, prompt_len)
 
     return jax.lax.while_loop(cond, body, state)
 
 
-prefill_fn = jax.jit(_prefill, static_argnames=("gen", "max_new", "processors"))
+prefill_fn = jax.jit(_prefill, static_argnames=("gen", "max_new", "processors", "chunk"))
 decode_fn = jax.jit(_decode, static_argnames=("gen", "prompt_len", "processors"), donate_argnames=("state",))
+recompute_fn = jax.jit(_recompute, static_argnames=("gen", "prompt_len", "length", "processors", "chunk"),
+                       donate_argnames=("state",))
+
+
+def cache_reset_length(model: Any) -> int | None:
+    hook = getattr(get_family(model.config.model_type), "cache_reset_length", None)
+    return None if hook is None else hook(model.config)
+
+
+def cache_reset_index(model: Any, prompt_len: int, bucket: int, total: int) -> int | None:
+    """``cur_len`` (in the bucketed buffer) at which the cache must be dropped and rebuilt, or None.
+
+    A family may define ``cache_reset_length(cfg)``: the sequence length (in the caller's
+    padded coordinates, as Transformers counts ``input_ids.shape[1]``) at which its
+    Transformers twin discards the cache once, provided the cache then holds fewer tokens
+    (Phi-3 longrope). Only a generation that starts below it and reaches it recomputes.
+    """
+    n = cache_reset_length(model)
+    if n is None or prompt_len >= n:
+        return None
+    at = bucket - prompt_len + n
+    return at if at < total else None
 
 
 # ---------------------------------------------------------------- public entry point
@@ -286,29 +344,62 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
     b, t = ids.shape
     bucket = bucket_length(t)
     pad_id = gen.pad_token_id if gen.pad_token_id is not None else 0
+    matcher = stop_string_matcher(gen, tokenizer)
+    check_streamer(streamer, b)
     ids_b, mask_b = left_pad(ids, mask, bucket, pad_id)
     # left padding per row (ours and the caller's), which repetition penalty ignores as in Transformers
     pad_lens = jnp.asarray((mask_b != 0).argmax(axis=1), jnp.int32)
+    mask_b = jnp.asarray(mask_b)
     max_new = gen.max_new_tokens
-    state = prefill_fn(model, gen, jnp.asarray(ids_b), jnp.asarray(mask_b), pad_lens, key, max_new, processors)
     total = bucket + max_new
-    matcher = None
-    if gen.stop_strings:
-        if tokenizer is None:
-            raise ValueError("stop_strings needs the tokenizer: generate(..., tokenizer=tok)")
-        matcher = StopStringMatcher(tokenizer, gen.stop_strings)
+    reset_at = cache_reset_index(model, t, bucket, total)
+    fill = None if reset_at is None else max(bucket, reset_at)  # the recompute writes reset_at tokens at once
+    state = prefill_fn(model, gen, jnp.asarray(ids_b), mask_b, pad_lens, key, max_new, processors, fill)
+
+    def advance(state: DecodeState, stop_at: int) -> DecodeState:
+        if reset_at is not None and int(state.cur_len) <= reset_at < stop_at:
+            state = decode_fn(model, gen, state, bucket, pad_lens, jnp.int32(reset_at), processors)
+            if int(state.cur_len) == reset_at and not bool(jnp.all(state.finished)):
+                state = recompute_fn(model, gen, state, mask_b, pad_lens, bucket, reset_at, processors, fill)
+        return decode_fn(model, gen, state, bucket, pad_lens, jnp.int32(stop_at), processors)
+
+    state = run_chunks(advance, state, prompt=ids, bucket=bucket, total=total, streamer=streamer, matcher=matcher,
+                       chunk=chunk)
+    return collect_output(state, gen, prompt_len=t, bucket=bucket, total=total, matcher=matcher, pad_id=pad_id)
+
+
+# ---------------------------------------------------------------- host loop shared by plain and assisted decoding
+def stop_string_matcher(gen: GenerationConfig, tokenizer: Any) -> StopStringMatcher | None:
+    if not gen.stop_strings:
+        return None
+    if tokenizer is None:
+        raise ValueError("stop_strings needs the tokenizer: generate(..., tokenizer=tok)")
+    return StopStringMatcher(tokenizer, gen.stop_strings)
+
+
+def check_streamer(streamer: Any, batch: int) -> None:
+    if streamer is not None and batch != 1:
+        raise ValueError(f"streaming supports batch size 1, got a batch of {batch}")
+
+
+def run_chunks(advance: Callable[[Any, int], Any], state: Any, *, prompt: np.ndarray, bucket: int, total: int,
+               streamer: Any, matcher: StopStringMatcher | None, chunk: int) -> Any:
+    """Drive a compiled loop ``advance(state, stop_at)`` to the end.
+
+    ``state`` has ``tokens`` (the bucketed buffer), ``cur_len`` and ``finished``. Plain calls
+    run the loop once; streaming or stop strings run it ``chunk`` tokens at a time, hand the
+    new tokens to the streamer and mark rows whose text holds a stop string as finished.
+    """
     stepwise = streamer is not None or matcher is not None
-    emitted = bucket
     if streamer is not None:
-        if b != 1:
-            raise ValueError(f"streaming supports batch size 1, got a batch of {b}")
-        streamer.put(ids[0])  # Transformers' streamers receive the prompt first (and may skip it)
+        streamer.put(prompt[0])  # Transformers' streamers receive the prompt first (and may skip it)
+    emitted = bucket
     while True:
         stop_at = min(int(state.cur_len) + chunk, total) if stepwise else total
-        state = decode_fn(model, gen, state, bucket, pad_lens, jnp.int32(stop_at), processors)
+        state = advance(state, stop_at)
         if not stepwise:
             break
-        cur = int(state.cur_len)
+        cur = min(int(state.cur_len), total)
         toks = np.asarray(state.tokens)[:, :cur]  # slice on the host: a device slice compiles per length
         if matcher is not None:
             # rows whose text now holds a stop string are finished, as with Transformers' StopStringCriteria
@@ -323,16 +414,39 @@ def sample_or_greedy(model, gen, ids, mask, key, *, streamer=None, tokenizer=Non
             break
     if streamer is not None:
         streamer.end()
-    cur = int(state.cur_len)
+    return state
+
+
+def collect_output(state: Any, gen: GenerationConfig, *, prompt_len: int, bucket: int, total: int,
+                   matcher: StopStringMatcher | None, pad_id: int) -> Any:
+    """Ids ``[B, prompt + new]`` (or a ``GenerateOutput``) from a finished loop state.
+
+    ``state.scores`` / ``state.logits`` hold one row per generated token from index 0; rows
+    past the returned length (rejected drafts, steps after the last row ended) are dropped.
+    """
+    t = prompt_len
+    cur = min(int(state.cur_len), total)  # an assisted round may run past the end
     sequences = np.asarray(state.tokens)[:, bucket - t: cur]
     if matcher is not None:
         sequences = _cut_at_stop_strings(sequences, t, matcher, pad_id)
+    # an assisted round may also run past the last row's EOS: cut to the longest row, as plain decoding stops
+    sequences = _trim_finished(sequences, t, gen)
     if not gen.return_dict_in_generate:
         return sequences
     n = sequences.shape[1] - t
     scores = _per_step(state.scores, n) if gen.output_scores else None
     logits = _per_step(state.logits, n) if gen.output_logits else None
     return GenerateOutput(sequences=sequences, scores=scores, logits=logits)
+
+
+def _trim_finished(seqs: np.ndarray, prompt_len: int, gen: GenerationConfig) -> np.ndarray:
+    """Decoding stops when every row has ended; drop trailing columns after the last row's EOS."""
+    eos = np.asarray(gen.eos_token_ids or (-1,))
+    hit = np.isin(seqs[:, prompt_len:], eos)
+    if not hit.any(axis=1).all():
+        return seqs
+    ends = hit.argmax(axis=1) + 1
+    return seqs[:, : prompt_len + int(ends.max())]
 
 
 def _per_step(buf: jax.Array, n: int) -> tuple[np.ndarray, ...]:
@@ -354,4 +468,4 @@ def _cut_at_stop_strings(seqs: np.ndarray, prompt_len: int, matcher: StopStringM
     return out[:, : max(ends)]
 
 
-__all__ = ["generate", "GenerateOutput", "bucket_length", "position_ids_from_mask"]
+__all__ = ["generate", "GenerateOutput", "bucket_length", "position_ids_from_mask", "run_chunks", "collect_output"]

@@ -7,19 +7,26 @@ reserving ``max_length`` slots each, and a finished sequence gives its pages bac
 at once. Page 0 is never handed out: rows of the batch that are idle, and the
 padding of a prompt, write their K/V there, so every step has the same shapes.
 
-Three pieces:
+Four pieces:
 
 * :class:`PageAllocator`: host-side free list of page ids.
 * :func:`prefill_into_pages`: runs prompts through the model's own ``forward`` with a
   contiguous cache (left-padded, as ``generate`` does, so the numerics are the same),
   scatters the keys/values into the sequences' pages, and picks each first token.
+* :func:`prefill_chunk_into_pages`: chunked prefill. One piece of a prompt (right-padded
+  to one of the fixed :func:`chunk_shapes`) writes its K/V into the sequence's pages and
+  attends through its block table to every earlier page of the sequence plus, causally,
+  itself; the last chunk of a prompt also picks the first token. The shapes do not depend
+  on the prompt length, so a server compiles them once and can interleave chunks with
+  decode steps.
 * :func:`paged_decode_step`: one token for every row of the batch: writes the new K/V
   into the pages and attends through the block tables with
   :func:`kernels.paged_decode_attention` (the Pallas kernel on GPU, the gather
   reference under XLA on CPU).
 
-Both compile once per shape (prompt-length bucket; batch and table width fixed by
-the server) and donate the page pool, so it is updated in place.
+All compile once per shape (prompt-length bucket for the whole-prompt prefill, padded chunk
+length for chunked prefill; batch and table width fixed by the server) and donate the
+page pool, so it is updated in place.
 """
 from __future__ import annotations
 
@@ -242,5 +249,158 @@ def paged_decode_step(model: Any, pages: PagedKV, tokens: Any, positions: Any, t
                        jnp.asarray(seeds, jnp.uint32), jnp.asarray(steps, jnp.int32))
 
 
+# ---------------------------------------------------------------- chunked prefill
+def _chunk_attention(q, k_pages, v_pages, tables, q_positions, kv_len, scale, window):
+    """Attention of a chunk's queries [n, C, H, d] through the block tables [n, W]: key slot j
+    of a row holds position j; slots at or past ``kv_len`` [n] are empty. Flash-style: a loop
+    over blocks of about C keys with an online softmax, from the first block a query can see
+    (its window) to the last filled one, so the work and memory follow the sequence's length,
+    not the table width (max_model_len)."""
+    n, c, hq, d = q.shape
+    ps, hk = k_pages.shape[1], k_pages.shape[2]
+    g = hq // hk
+    block_pages = max(1, c // ps)
+    bk = block_pages * ps
+    w = tables.shape[1]
+    tables = jnp.pad(tables, ((0, 0), (0, -(-w // block_pages) * block_pages - w)))  # pad: scratch page
+    qg = q.astype(jnp.float32).reshape(n, c, hk, g, d)
+    q_pos = q_positions[:, None, None, :, None]  # [n, 1, 1, C, 1]
+    hi = (jnp.max(kv_len) + bk - 1) // bk
+    lo = 0 if window is None else jnp.maximum(jnp.min(q_positions[:, 0]) - window + 1, 0) // bk
+
+    def block(j, carry):
+        m, l, acc = carry
+        ids = jax.lax.dynamic_slice_in_dim(tables, j * block_pages, block_pages, axis=1)
+        k = k_pages[ids].reshape(n, bk, hk, d).astype(jnp.float32)
+        v = v_pages[ids].reshape(n, bk, hk, d).astype(jnp.float32)
+        kv_pos = (j * bk + jnp.arange(bk, dtype=jnp.int32))[None, None, None, None, :]
+        visible = (kv_pos <= q_pos) & (kv_pos < kv_len[:, None, None, None, None])
+        if window is not None:
+            visible &= kv_pos > q_pos - window
+        s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, precision=jax.lax.Precision.HIGHEST) * scale
+        s = jnp.where(visible, s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.exp(s - m_new[..., None])
+        correction = jnp.exp(m - m_new)
+        l = l * correction + jnp.sum(p, axis=-1)
+        acc = acc * correction[..., None] + jnp.einsum("bhgqk,bkhd->bhgqd", p, v,
+                                                       precision=jax.lax.Precision.HIGHEST)
+        return m_new, l, acc
+
+    init = (jnp.full((n, hk, g, c), -1e30, jnp.float32), jnp.zeros((n, hk, g, c), jnp.float32),
+            jnp.zeros((n, hk, g, c, d), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(lo, hi, block, init)
+    out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # every real query sees itself: l > 0
+    return out.transpose(0, 3, 1, 2, 4).reshape(n, c, hq, d).astype(q.dtype)
+
+
+def _prefill_chunk(model, pages: PagedKV, ids, starts, counts, tables, temperature, top_p, seeds):
+    """ids [n, C] right-padded chunk tokens; starts [n] position of each chunk's first token;
+    counts [n] real tokens in the chunk (>= 1); tables [n, W]. Returns (token [n], logits [n, V],
+    pages): the token and logits of each chunk's last real token (meaningful on a prompt's last chunk)."""
+    from zoo.models.llama.model import attention_scale, qkv_rope
+
+    cfg = model.config
+    params = model.params
+    ps = pages.page_size
+    n, c = ids.shape
+    offsets = jnp.arange(c, dtype=jnp.int32)[None, :]
+    positions = starts[:, None] + offsets  # padding continues the count: finite rope, output unused
+    real = offsets < counts[:, None]
+    page_ids = jnp.where(real, jnp.take_along_axis(tables, jnp.minimum(positions // ps, tables.shape[1] - 1),
+                                                   axis=1), SCRATCH_PAGE)
+    slots = jnp.where(real, positions % ps, 0)
+    kv_len = starts + counts
+    x = embed(params["embed_tokens"]["embedding"], ids, cfg.compute_dtype)
+    cos, sin = rope_cos_sin(cfg.rope, positions, cfg.compute_dtype)
+    k_pool, v_pool = pages.k, pages.v
+    for i, window in enumerate(cfg.layer_windows()):
+        lp = _layer_params(params["layers"], i)
+        h = rms_norm(lp["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
+        q, k, v = qkv_rope(lp["self_attn"], cfg, h, cos, sin)
+        # write first: the chunk's own keys are read back through the table with the earlier ones
+        k_pool = k_pool.at[i, page_ids, slots].set(k.astype(k_pool.dtype))
+        v_pool = v_pool.at[i, page_ids, slots].set(v.astype(v_pool.dtype))
+        out = _chunk_attention(q, k_pool[i], v_pool[i], tables, positions, kv_len, attention_scale(cfg), window)
+        x = x + project(out.astype(x.dtype), lp["self_attn"]["o_proj"], "bthk,hkd->btd")
+        h = rms_norm(lp["post_attention_layernorm"]["scale"], x, cfg.rms_norm_eps)
+        x = x + gated_mlp(lp["mlp"], h, cfg.hidden_act)
+    last = jnp.take_along_axis(x, (counts - 1)[:, None, None], axis=1)  # [n, 1, D]
+    h = rms_norm(params["norm"]["scale"], last, cfg.rms_norm_eps)
+    logits = unembed(h, params, cfg.tie_word_embeddings)[:, 0].astype(jnp.float32)
+    first = choose_tokens(logits, temperature, top_p, seeds, jnp.zeros((n,), jnp.int32))
+    return first, logits, PagedKV(k_pool, v_pool)
+
+
+_prefill_chunk_jit = jax.jit(_prefill_chunk, donate_argnames=("pages",))
+
+
+def check_chunk_size(chunk_size: Any) -> int:
+    """A prefill chunk size: a positive int (tokens per chunk)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
+        raise ValueError(f"prefill_chunk_size must be a positive number of tokens, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+MIN_CHUNK = 16
+
+
+def chunk_shapes(chunk_size: int) -> tuple[int, ...]:
+    """The padded lengths a prefill chunk runs at: ``chunk_size`` and its halvings down to
+    ``MIN_CHUNK`` (256 -> 16, 32, 64, 128, 256), so a short prompt or a long prompt's last
+    piece does not pay for a whole chunk of padding. A fixed set (log2(chunk / 16) + 1
+    compiles, all made by the server's warmup), whatever the prompt lengths."""
+    sizes = [check_chunk_size(chunk_size)]
+    while sizes[-1] // 2 >= MIN_CHUNK:
+        sizes.append(sizes[-1] // 2)
+    return tuple(sorted(sizes))
+
+
+def chunk_shape(count: int, chunk_size: int) -> int:
+    """The smallest of :func:`chunk_shapes` that holds ``count`` tokens."""
+    return next(s for s in chunk_shapes(chunk_size) if s >= count)
+
+
+def prompt_chunks(prompt_len: int, chunk_size: int, start: int = 0) -> list[tuple[int, int]]:
+    """``(start, count)`` of each chunk that prefills positions ``start..prompt_len-1``."""
+    check_chunk_size(chunk_size)
+    return [(s, min(chunk_size, prompt_len - s)) for s in range(start, prompt_len, chunk_size)]
+
+
+def prefill_chunk_into_pages(model: Any, pages: PagedKV, ids: Any, starts: Any, counts: Any, tables: Any, *,
+                             temperature: Any = None, top_p: Any = None, seeds: Any = None):
+    """One chunk of each of ``n`` prompts into their pages. ``ids`` [n, C]: the chunk's tokens,
+    right-padded to the chunk size C (one compiled shape for every prompt length); ``starts`` [n]:
+    how many tokens of the prompt are already in the pages (the chunk's first position);
+    ``counts`` [n]: real tokens in the chunk (1..C); ``tables`` [n, W]: block tables with pages
+    for at least ``starts + counts`` tokens. Returns ``(tokens [n], logits [n, V], pages)``:
+    the choice after each chunk's last real token (the first generated token when the chunk
+    ends the prompt); ``pages`` is donated."""
+    n, c = np.shape(ids)
+    starts_np, counts_np = np.asarray(starts), np.asarray(counts)
+    if np.any(counts_np < 1) or np.any(counts_np > c):
+        raise ValueError(f"chunk token counts must be in 1..{c} (the chunk size), got {counts_np.tolist()}")
+    if np.any(starts_np < 0):
+        raise ValueError(f"chunk starts must be >= 0, got {starts_np.tolist()}")
+    capacity = np.shape(tables)[1] * pages.page_size
+    if np.any(starts_np + counts_np > capacity):
+        raise ValueError(f"chunk ends {(starts_np + counts_np).tolist()} past the block table's "
+                         f"{capacity} token slots")
+    temperature = np.zeros((n,), np.float32) if temperature is None else temperature
+    top_p = np.ones((n,), np.float32) if top_p is None else top_p
+    seeds = np.zeros((n,), np.uint32) if seeds is None else seeds
+    return _prefill_chunk_jit(model, pages, jnp.asarray(ids, jnp.int32), jnp.asarray(starts, jnp.int32),
+                              jnp.asarray(counts, jnp.int32), jnp.asarray(tables, jnp.int32),
+                              jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
+                              jnp.asarray(seeds, jnp.uint32))
+
+
+def prefill_chunk_compiles() -> int:
+    """How many shapes the chunked prefill has compiled in this process (one per padded chunk
+    length, batch and table width; never one per prompt length)."""
+    return _prefill_chunk_jit._cache_size()
+
+
 __all__ = ["PagedKV", "PageAllocator", "OutOfPages", "init_pages", "pages_needed", "block_table_row",
-           "prefill_into_pages", "paged_decode_step", "choose_tokens", "check_supported", "SCRATCH_PAGE"]
+           "prefill_into_pages", "prefill_chunk_into_pages", "prompt_chunks", "check_chunk_size",
+           "prefill_chunk_compiles", "chunk_shapes", "chunk_shape", "paged_decode_step", "choose_tokens", "check_supported", "SCRATCH_PAGE"]

@@ -130,9 +130,14 @@ class Pipeline:
                 raise ValueError(f"{self.task}: input {i} is an empty string")
         return items, single
 
+    def normalize_for(self, inputs: Any, params: Mapping[str, Any]) -> tuple[list[Any], bool]:
+        """:meth:`normalize` for a task whose call parameters change what an input is (hook; e.g.
+        token-classification's ``is_split_into_words`` makes a list of strings one input)."""
+        return self.normalize(inputs)
+
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         params = self.params(kwargs)
-        items, single = self.normalize(inputs)
+        items, single = self.normalize_for(inputs, params)
         params = self.prepare(params)
         features = [self.preprocess(item, **params) for item in items]
         flat = [f for chunks in features for f in chunks]

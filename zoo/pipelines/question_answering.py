@@ -7,6 +7,12 @@ start and end logits of context tokens (and [CLS]) are softmaxed, a span ``(s, e
 windows win. Output: ``{"score", "start", "end", "answer"}`` (character offsets into the context,
 widened to whole words unless ``align_to_words=False``); a list of them when ``top_k > 1``.
 ``handle_impossible_answer=True`` adds the empty answer, scored by [CLS].
+
+A tokenizer that pads on the left (``padding_side="left"``, as XLNet's) gets the context first and
+the question second, windows cut from the context (``truncation="only_first"``), as Transformers 4
+did. Transformers 4 then left every token eligible (its ``p_mask`` was all zeros on that path), so
+an answer could be a span of the question mapped onto the context's characters; here, as on the
+question-first path, only context tokens (and [CLS] for the empty answer) are eligible.
 """
 from __future__ import annotations
 
@@ -114,8 +120,6 @@ class QuestionAnsweringPipeline(Pipeline):
             value = params[name]
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"question-answering: {name} must be a positive int, got {value!r}")
-        if self.tokenizer.padding_side != "right":
-            raise ValueError("question-answering puts the question first, which needs a tokenizer padding on the right")
         max_seq_len = params["max_seq_len"]
         if max_seq_len is None:
             max_seq_len = min(x for x in (self.tokenizer.model_max_length, 384, self.limit) if x)
@@ -131,18 +135,28 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def preprocess(self, item: Mapping[str, str], *, max_seq_len: int = 384, doc_stride: int = 128,
                    **_: Any) -> list[dict[str, Any]]:
-        enc = self.tokenizer(item["question"], item["context"], truncation="only_second", max_length=max_seq_len,
-                             stride=doc_stride, return_token_type_ids=True, return_overflowing_tokens=True,
-                             return_offsets_mapping=True, return_special_tokens_mask=True)
+        context_index = self.context_index
+        first, second = ((item["question"], item["context"]) if context_index == 1
+                         else (item["context"], item["question"]))
+        enc = self.tokenizer(first, second, truncation="only_second" if context_index == 1 else "only_first",
+                             max_length=max_seq_len, stride=doc_stride, return_token_type_ids=True,
+                             return_overflowing_tokens=True, return_offsets_mapping=True,
+                             return_special_tokens_mask=True)
         windows = []
         for i, ids in enumerate(enc["input_ids"]):
             # 1 marks tokens that cannot be in the answer: all but the context, and [CLS] stays eligible
-            p_mask = np.array([s != 1 for s in enc.sequence_ids(i)], np.int64)
+            p_mask = np.array([s != context_index for s in enc.sequence_ids(i)], np.int64)
             if self.tokenizer.cls_token_id is not None:
                 p_mask[np.array(ids) == self.tokenizer.cls_token_id] = 0
             windows.append({"input_ids": ids, "token_type_ids": enc["token_type_ids"][i], "p_mask": p_mask,
                             "encoding": enc.encodings[i]})
         return windows
+
+    @property
+    def context_index(self) -> int:
+        """Which of the pair is the context: second after the question (tokenizers padding on the
+        right), first before it (padding on the left), as Transformers 4 arranged them."""
+        return 0 if self.tokenizer.padding_side == "left" else 1
 
     def postprocess(self, item: Mapping[str, str], outputs: list[Mapping[str, Any]], *, top_k: int = 1,
                     handle_impossible_answer: bool = False, max_answer_len: int = 15, align_to_words: bool = True,
@@ -155,7 +169,7 @@ class QuestionAnsweringPipeline(Pipeline):
                 window["start_logits"][None], window["end_logits"][None], window["p_mask"][None],
                 np.ones((1, n), np.int64), min_null_score, top_k, handle_impossible_answer, max_answer_len)
             for s, e, score in zip(starts, ends, scores):
-                start, end = self.char_span(window["encoding"], int(s), int(e), align_to_words)
+                start, end = self.char_span(window["encoding"], int(s), int(e), align_to_words, self.context_index)
                 answers.append({"score": score.item(), "start": start, "end": end,
                                 "answer": item["context"][start:end]})
         if handle_impossible_answer:
@@ -164,12 +178,12 @@ class QuestionAnsweringPipeline(Pipeline):
         return answers[0] if len(answers) == 1 else answers
 
     @staticmethod
-    def char_span(encoding: Any, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
+    def char_span(encoding: Any, s: int, e: int, align_to_words: bool, context_index: int = 1) -> tuple[int, int]:
         """Character offsets of tokens ``s..e`` in the context, widened to their words when asked."""
         if align_to_words:
             try:
-                start = encoding.word_to_chars(encoding.token_to_word(s), sequence_index=1)[0]
-                end = encoding.word_to_chars(encoding.token_to_word(e), sequence_index=1)[1]
+                start = encoding.word_to_chars(encoding.token_to_word(s), sequence_index=context_index)[0]
+                end = encoding.word_to_chars(encoding.token_to_word(e), sequence_index=context_index)[1]
                 return start, end
             except Exception:  # tokenizers without words: keep to the token offsets, as Transformers does
                 pass

@@ -5,6 +5,11 @@ Output as Transformers': with ``aggregation_strategy="none"`` one ``{"entity", "
 ``"max"`` one ``{"entity_group", "score", "word", "start", "end"}`` per entity. Labels in
 ``ignore_labels`` (default ``["O"]``) are dropped. ``stride=N`` runs a long text in overlapping
 windows of the tokenizer's length and merges the entities.
+
+``is_split_into_words=True`` takes pre-split words: a list of words, or a list of such lists. The
+words are tokenized as words (no further splitting on spaces), and ``start``/``end`` index the
+sentence ``delimiter.join(words)`` (``delimiter`` defaults to a space), as Transformers does; like
+Transformers, one list of words gives a list holding one result.
 """
 from __future__ import annotations
 
@@ -46,10 +51,20 @@ def merge_overlapping(entities: list[dict]) -> list[dict]:
     return merged
 
 
+def word_starts(words: list[str], delimiter: str) -> list[int]:
+    """Where each word starts in ``delimiter.join(words)``."""
+    starts, at = [], 0
+    for word in words:
+        starts.append(at)
+        at += len(word) + len(delimiter)
+    return starts
+
+
 class TokenClassificationPipeline(Pipeline):
     task = "token-classification"
     head = "token_classification"
-    defaults = {"aggregation_strategy": "none", "ignore_labels": None, "stride": None, "truncation": False}
+    defaults = {"aggregation_strategy": "none", "ignore_labels": None, "stride": None, "truncation": False,
+                "is_split_into_words": False, "delimiter": None}
     output_keys = ("logits",)
     token_outputs = ("logits",)
 
@@ -68,29 +83,62 @@ class TokenClassificationPipeline(Pipeline):
                 raise ValueError("stride runs the whole text in windows, which needs an aggregation_strategy other "
                                  "than 'none' to merge them")
         ignore = params["ignore_labels"]
-        return {**params, "aggregation_strategy": strategy, "ignore_labels": ["O"] if ignore is None else list(ignore)}
+        delimiter = " " if params["delimiter"] is None else params["delimiter"]
+        if not isinstance(delimiter, str):
+            raise ValueError(f"delimiter must be a string, got {type(delimiter).__name__}")
+        return {**params, "aggregation_strategy": strategy, "ignore_labels": ["O"] if ignore is None else list(ignore),
+                "is_split_into_words": bool(params["is_split_into_words"]), "delimiter": delimiter}
+
+    def normalize_for(self, inputs: Any, params: Mapping[str, Any]) -> tuple[list[Any], bool]:
+        if not params["is_split_into_words"]:
+            return self.normalize(inputs)
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(w, str) for w in inputs):
+            items = [list(inputs)]  # one sentence of words; still answered as a list of one, as Transformers does
+        elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, (list, tuple)) for x in inputs):
+            items = [list(x) for x in inputs]
+        else:
+            got = "an empty list" if isinstance(inputs, (list, tuple)) else f"a {type(inputs).__name__}"
+            raise ValueError(f"{self.task}: with is_split_into_words=True pass a list of words or a list of word "
+                             f"lists, got {got}")
+        for i, words in enumerate(items):
+            if not words or not all(isinstance(w, str) for w in words):
+                raise ValueError(f"{self.task}: input {i} must be a non-empty list of word strings")
+            if not any(w.strip() for w in words):
+                raise ValueError(f"{self.task}: input {i} has only empty words")
+        return items, False
 
     @property
     def window(self) -> int:
         return int(self.limit or self.tokenizer.model_max_length)
 
-    def preprocess(self, item: str, *, stride: int | None = None, truncation: Any = False,
-                   **_: Any) -> list[dict[str, Any]]:
-        kwargs = dict(return_special_tokens_mask=True, return_offsets_mapping=True)
+    def preprocess(self, item: str | list[str], *, stride: int | None = None, truncation: Any = False,
+                   is_split_into_words: bool = False, delimiter: str = " ", **_: Any) -> list[dict[str, Any]]:
+        kwargs = dict(return_special_tokens_mask=True, return_offsets_mapping=True,
+                      is_split_into_words=is_split_into_words)
         if stride is None:
             enc = self.tokenize(item, truncation=truncation, **kwargs)
-            return [dict(enc)]
-        enc = self.tokenizer(item, truncation=True, max_length=self.window, stride=stride,
-                             return_overflowing_tokens=True, **kwargs)
-        keys = [k for k in enc.keys() if k != "overflow_to_sample_mapping"]
-        return [{k: enc[k][i] for k in keys} for i in range(len(enc["input_ids"]))]
+            chunks = [dict(enc)]
+        else:
+            enc = self.tokenizer(item, truncation=True, max_length=self.window, stride=stride,
+                                 return_overflowing_tokens=True, **kwargs)
+            keys = [k for k in enc.keys() if k != "overflow_to_sample_mapping"]
+            chunks = [{k: enc[k][i] for k in keys} for i in range(len(enc["input_ids"]))]
+        if is_split_into_words:
+            # the tokenizer gives offsets inside each word; move them into the joined sentence
+            starts = word_starts(item, delimiter)
+            for i, chunk in enumerate(chunks):
+                chunk["offset_mapping"] = [(s + starts[w], e + starts[w]) if w is not None else (s, e)
+                                           for (s, e), w in zip(chunk["offset_mapping"], enc.word_ids(i))]
+        return chunks
 
-    def postprocess(self, item: str, outputs: list[Mapping[str, Any]], *, aggregation_strategy: str = "none",
-                    ignore_labels: list[str] = ("O",), **_: Any) -> list[dict]:
+    def postprocess(self, item: str | list[str], outputs: list[Mapping[str, Any]], *,
+                    aggregation_strategy: str = "none", ignore_labels: list[str] = ("O",),
+                    is_split_into_words: bool = False, delimiter: str = " ", **_: Any) -> list[dict]:
+        sentence = delimiter.join(item) if is_split_into_words else item
         entities = []
         for chunk in outputs:
             scores = softmax(np.asarray(chunk["logits"], np.float32))
-            pre = self.gather_pre_entities(item, chunk, scores)
+            pre = self.gather_pre_entities(sentence, chunk, scores)
             grouped = self.aggregate(pre, aggregation_strategy)
             entities.extend(e for e in grouped if e.get("entity") not in ignore_labels
                             and e.get("entity_group") not in ignore_labels)

@@ -8,9 +8,16 @@ and wait in a FIFO queue. Each iteration of the engine loop
    their prompt plus ``max_tokens`` (continuous batching: they join a batch that
    is already decoding; with ``batching="static"`` only an empty batch admits,
    so a batch runs to its end before the next starts),
-3. prefills each admitted prompt into its pages (first token comes from there),
-4. runs one :func:`~zoo.generation.paged.paged_decode_step` for the whole batch,
-   and hands each row's new text to its sequence's sink.
+3. prefills admitted prompts into their pages (first token comes from there):
+   with ``prefill_chunk_size=C`` (the default, 256) at most C prompt tokens per
+   iteration, oldest prompt first, in chunks padded to one of a few fixed lengths
+   (C, C/2, ... down to 16: compiled once, never per prompt length), so a long
+   prompt is spread over several iterations (chunked prefill, as in vLLM); with
+   ``prefill_chunk_size=None`` each prompt whole, in one go, padded to a bucket,
+4. runs one :func:`~zoo.generation.paged.paged_decode_step` for the rows whose
+   prompt is in (a row still prefilling sits idle), and hands each row's new text
+   to its sequence's sink. Running sequences thus get a token between any two
+   chunks of a long prompt instead of stalling until all of it is in.
 
 Pages are reserved for ``prompt + max_tokens`` at admission, so a running
 sequence never runs out of memory and nothing needs preempting.
@@ -83,6 +90,7 @@ class Sequence:
     sent: int = 0  # characters of ``text`` handed to the sink
     pages: list[int] = dataclasses.field(default_factory=list)
     slot: int | None = None
+    prefilled: int = 0  # prompt tokens whose K/V are in the pages
     cancelled: bool = False
     done: bool = False
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
@@ -103,6 +111,7 @@ class Engine:
         max_queued: int = 64,
         batching: str = "continuous",
         eos_token_ids: tuple[int, ...] | None = None,
+        prefill_chunk_size: int | None = 256,
     ):
         if batching not in ("continuous", "static"):
             raise ValueError(f"batching must be 'continuous' or 'static', got {batching!r}")
@@ -117,6 +126,10 @@ class Engine:
         self.max_model_len = min(max_model_len or limit, limit)
         self.max_batch, self.page_size, self.max_queued, self.batching = max_batch, page_size, max_queued, batching
         self.table_width = paged.pages_needed(self.max_model_len, page_size)
+        # None: whole prompts (one compile per prompt-length bucket). A chunk longer than any
+        # prompt can be is only padding, so it is capped at max_model_len.
+        self.prefill_chunk_size = None if prefill_chunk_size is None else \
+            min(paged.check_chunk_size(prefill_chunk_size), self.max_model_len)
         # default pool: every row at full length at once (+ the scratch page)
         self.num_pages = num_pages or max_batch * self.table_width + 1
         if self.num_pages - 1 < self.table_width:
@@ -136,6 +149,7 @@ class Engine:
         self.steps = np.zeros((b,), np.int32)
         self.rows: list[Sequence | None] = [None] * b
         self.waiting: collections.deque[Sequence] = collections.deque()
+        self.prefilling: collections.deque[Sequence] = collections.deque()  # in a row, prompt not all in
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._running = threading.Event()  # cleared: paused (no admission, no decoding)
@@ -206,13 +220,19 @@ class Engine:
         self._wake.set()
 
     def snapshot(self) -> dict[str, int]:
-        return {"running": int(self.active.sum()), "waiting": len(self.waiting),
+        return {"running": int(self.active.sum()), "waiting": len(self.waiting), "prefilling": len(self.prefilling),
                 "free_pages": self.allocator.num_free, "total_pages": self.num_pages - 1,
                 "max_batch": self.max_batch, **{k: int(v) for k, v in self.stats.items()}}
 
     def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
-        """Compile the decode step and the prefill buckets before serving (hits the compile cache)."""
-        for n in sorted({bucket_length(min(max(p, 1), self.max_model_len - 1)) for p in prompt_lengths}):
+        """Compile the decode step and the prefill before serving (hits the compile cache): the
+        chunk shapes with chunked prefill (``prompt_lengths`` then does not matter), else the
+        buckets of ``prompt_lengths``."""
+        for c in () if self.prefill_chunk_size is None else paged.chunk_shapes(self.prefill_chunk_size):
+            _, _, self.pages = paged.prefill_chunk_into_pages(
+                self.model, self.pages, np.zeros((1, c), np.int32), [0], [1], self.tables[:1] * 0)
+        for n in () if self.prefill_chunk_size is not None else \
+                sorted({bucket_length(min(max(p, 1), self.max_model_len - 1)) for p in prompt_lengths}):
             _, _, self.pages = paged.prefill_into_pages(
                 self.model, self.pages, np.zeros((1, n), np.int32), [1], self.tables[:1] * 0)
         nxt, _, self.pages = paged.paged_decode_step(self.model, self.pages, self.tokens, self.positions,
@@ -230,7 +250,10 @@ class Engine:
             try:
                 self._drop_cancelled()
                 self._admit()
+                self._prefill_chunks()
                 if not self.active.any():
+                    if self.prefilling:
+                        continue
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
@@ -251,7 +274,7 @@ class Engine:
                 self._finish(s, "cancelled")
 
     def _admit(self) -> None:
-        if self.batching == "static" and self.active.any():
+        if self.batching == "static" and any(s is not None for s in self.rows):
             return
         while True:
             free_rows = [i for i, s in enumerate(self.rows) if s is None]
@@ -264,6 +287,10 @@ class Engine:
                     return  # FIFO: wait for pages rather than let later requests overtake
                 self.waiting.popleft()
             seq.pages = self.allocator.allocate(need)
+            if self.prefill_chunk_size is not None:  # prefilled a chunk at a time by _prefill_chunks
+                self._take_row(seq, free_rows[0])
+                self.prefilling.append(seq)
+                continue
             try:
                 self._prefill(seq, free_rows[0])
             except Exception as err:
@@ -271,7 +298,27 @@ class Engine:
                 self._finish(seq, "error", f"{type(err).__name__}: {err}")
                 raise
 
+    def _take_row(self, seq: Sequence, row: int) -> None:
+        """Give ``seq`` batch row ``row`` (idle in decode steps until its prompt is in)."""
+        p = seq.params
+        seq.slot = row
+        self.rows[row] = seq
+        self.tables[row] = paged.block_table_row(seq.pages, self.table_width)
+        self.temperature[row], self.top_p[row], self.seeds[row] = p.temperature, p.top_p, seq.seed
+        self.active[row] = False
+
+    def _start_decoding(self, seq: Sequence, first: int) -> None:
+        """The prompt is in: the row joins the decode batch with its first token."""
+        row = seq.slot
+        seq.prefilled = len(seq.prompt)
+        self.stats["prefills"] += 1
+        self.steps[row] = 1
+        self.positions[row] = len(seq.prompt)
+        self.active[row] = True
+        self._append(seq, first)
+
     def _prefill(self, seq: Sequence, row: int) -> None:
+        """The whole prompt in one call, left-padded to a length bucket."""
         n = len(seq.prompt)
         bucket = min(bucket_length(n), max(self.max_model_len, n))
         ids = np.zeros((1, bucket), np.int32)
@@ -281,15 +328,35 @@ class Engine:
         first, _, self.pages = paged.prefill_into_pages(
             self.model, self.pages, ids, [n], table[None], temperature=[p.temperature], top_p=[p.top_p],
             seeds=np.asarray([seq.seed], np.uint32))
-        self.stats["prefills"] += 1
-        seq.slot = row
-        self.rows[row] = seq
-        self.tables[row] = table
-        self.temperature[row], self.top_p[row], self.seeds[row] = p.temperature, p.top_p, seq.seed
-        self.steps[row] = 1
-        self.positions[row] = n
-        self.active[row] = True
-        self._append(seq, int(np.asarray(first)[0]))
+        self._take_row(seq, row)
+        self._start_decoding(seq, int(np.asarray(first)[0]))
+
+    def _prefill_chunks(self) -> None:
+        """Up to ``prefill_chunk_size`` prompt tokens this iteration, oldest prompt first. A
+        prompt that ends here starts decoding with its first token."""
+        budget = self.prefill_chunk_size or 0
+        while budget > 0 and self.prefilling:
+            seq = self.prefilling[0]
+            start = seq.prefilled
+            count = min(len(seq.prompt) - start, budget)
+            ids = np.zeros((1, paged.chunk_shape(count, self.prefill_chunk_size)), np.int32)
+            ids[0, :count] = seq.prompt[start:start + count]
+            row = seq.slot
+            try:
+                tok, _, self.pages = paged.prefill_chunk_into_pages(
+                    self.model, self.pages, ids, [start], [count], self.tables[row:row + 1],
+                    temperature=self.temperature[row:row + 1], top_p=self.top_p[row:row + 1],
+                    seeds=self.seeds[row:row + 1])
+                tok = int(np.asarray(tok)[0])
+            except Exception as err:
+                self._finish(seq, "error", f"{type(err).__name__}: {err}")
+                raise
+            self.stats["prefill_chunks"] += 1
+            budget -= count
+            seq.prefilled = start + count
+            if seq.prefilled == len(seq.prompt):
+                self.prefilling.popleft()
+                self._start_decoding(seq, tok)
 
     def _decode(self) -> None:
         nxt, _, self.pages = paged.paged_decode_step(
@@ -341,6 +408,8 @@ class Engine:
         if reason != "cancelled" and len(seq.text) > seq.sent:
             self._emit(seq, Delta(seq.text[seq.sent:], []))
             seq.sent = len(seq.text)
+        if seq in self.prefilling:
+            self.prefilling.remove(seq)
         if seq.slot is not None:
             row = seq.slot
             self.rows[row] = None
@@ -357,6 +426,7 @@ class Engine:
         for s in self.rows:
             if s is not None:
                 self._finish(s, "error", message)
+        self.prefilling.clear()
         self.pages = paged.init_pages(self.model.config, self.num_pages, self.page_size)  # donated: rebuild
 
 

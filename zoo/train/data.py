@@ -53,12 +53,28 @@ def read_texts(paths: str | os.PathLike | Sequence[str | os.PathLike], *, text_f
 
 
 def texts_from_dataset(dataset: Any, *, text_field: str = "text") -> list[str]:
-    """The ``text_field`` column of a Hugging Face ``datasets.Dataset`` (or any sequence of dicts)."""
-    if hasattr(dataset, "column_names") and text_field not in dataset.column_names:
-        raise ValueError(f"dataset has no column '{text_field}' (columns: {dataset.column_names})")
-    if hasattr(dataset, "column_names"):
-        return [str(t) for t in dataset[text_field]]
-    return [str(r[text_field]) for r in dataset]
+    """The ``text_field`` column of a Hugging Face ``datasets.Dataset`` / ``IterableDataset``, a
+    ``DatasetDict`` holding one split (what ``load_dataset("json", data_files=...)`` returns), or
+    any iterable of dicts, in order."""
+    if isinstance(dataset, Mapping) and dataset and all(hasattr(v, "column_names") for v in dataset.values()):
+        if len(dataset) != 1:
+            raise ValueError(f"the dataset has splits {sorted(dataset)}; pass one of them, e.g. dataset['train']")
+        dataset = next(iter(dataset.values()))
+    columns = getattr(dataset, "column_names", None)  # None for an IterableDataset of unknown features
+    if columns is not None and text_field not in columns:
+        raise ValueError(f"dataset has no column '{text_field}' (columns: {list(columns)}); "
+                         f"set text_field to the column that holds the text")
+    if columns is not None and hasattr(dataset, "__len__"):  # a Dataset: read the column at once
+        texts = list(dataset[text_field])
+    else:
+        texts = []
+        for n, record in enumerate(dataset):
+            if not isinstance(record, Mapping) or text_field not in record:
+                fields = sorted(record) if isinstance(record, Mapping) else type(record).__name__
+                raise ValueError(f"dataset record {n} has no field '{text_field}' (fields: {fields}); "
+                                 f"set text_field to the field that holds the text")
+            texts.append(record[text_field])
+    return [str(t) for t in texts]  # as read_texts does for JSONL records
 
 
 def tokenize(texts: Iterable[str], tokenizer: Any, *, add_bos: bool = True, add_eos: bool = True) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
@@ -26,6 +27,33 @@ import jax
 import numpy as np
 
 from zoo.train.state import TrainState
+
+
+# ---------------------------------------------------------------- tensorboard
+_TENSORBOARD_MISSING_WARNED = False
+
+
+def open_tensorboard_writer(logdir: str | os.PathLike) -> Any:
+    """A ``SummaryWriter`` on ``logdir`` from ``tensorboardX`` (light: numpy + protobuf) or else
+    ``torch.utils.tensorboard`` (needs the ``tensorboard`` package); ``None``, with a warning the
+    first time, when neither can be imported, so a recipe asking for TensorBoard still trains."""
+    global _TENSORBOARD_MISSING_WARNED
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch missing, or torch present without the tensorboard package
+            SummaryWriter = None
+    if SummaryWriter is None:
+        if not _TENSORBOARD_MISSING_WARNED:
+            _TENSORBOARD_MISSING_WARNED = True
+            warnings.warn(f"tensorboard_dir={str(logdir)!r} is set but neither tensorboardX nor "
+                          "torch.utils.tensorboard (package 'tensorboard') can be imported, so no TensorBoard "
+                          "events are written (metrics still go to JSONL); `pip install tensorboardX` to get them.",
+                          RuntimeWarning, stacklevel=3)
+        return None
+    return SummaryWriter(str(logdir))
 
 
 # ---------------------------------------------------------------- callbacks
@@ -60,13 +88,8 @@ class ProgressLogger(Callback):
     def on_train_begin(self, trainer: "Trainer") -> None:
         if self.jsonl_path is not None:
             self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._writer = SummaryWriter(str(self.tensorboard_dir))
+        if self.tensorboard_dir is not None and jax.process_index() == 0 and self._writer is None:
+            self._writer = open_tensorboard_writer(self.tensorboard_dir)
         self._t0 = time.perf_counter()
 
     def _record(self, record: dict[str, Any]) -> None:
@@ -105,6 +128,7 @@ class ProgressLogger(Callback):
     def on_train_end(self, trainer: "Trainer") -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
 
 
 class EarlyStopping(Callback):
@@ -242,7 +266,7 @@ DEFAULTS: dict[str, Any] = {
                   "weight_decay": 0.0},
     "train": {"steps": 100, "grad_accum_steps": 1, "max_grad_norm": 1.0, "compute_dtype": None, "seed": 0,
               "log_every": 10, "eval_every": None, "save_every": None, "keep": 3,
-              "early_stopping_patience": None},
+              "early_stopping_patience": None, "tensorboard_dir": None},
     "mesh": {"shape": None, "rules": "fsdp", "zero": False},
     "output_dir": "runs/train",
     "export": {"merge_lora": False},
@@ -481,4 +505,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["Callback", "ProgressLogger", "EarlyStopping", "Trainer", "ByteTokenizer", "DEFAULTS", "load_recipe",
-           "train", "main", "initialize_distributed"]
+           "train", "main", "initialize_distributed", "open_tensorboard_writer"]
