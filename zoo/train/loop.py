@@ -267,7 +267,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {"steps": 100, "grad_accum_steps": 1, "max_grad_norm": 1.0, "compute_dtype": None, "seed": 0,
               "log_every": 10, "eval_every": None, "save_every": None, "keep": 3,
               "early_stopping_patience": None, "tensorboard_dir": None},
-    "mesh": {"shape": None, "rules": "fsdp"},
+    "mesh": {"shape": None, "rules": "fsdp", "zero": False},
     "output_dir": "runs/train",
     "export": {"merge_lora": False},
 }
@@ -387,7 +387,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 def train(cfg: Mapping[str, Any], *, callbacks: Sequence[Callback] = (), stream: TextIO | None = None) -> Trainer:
     """Run a recipe (a dict as :func:`load_recipe` returns); returns the finished trainer."""
-    from zoo.sharding import make_mesh, param_shardings
+    from zoo.sharding import make_mesh, param_shardings, zero_shardings
     from zoo.train.checkpoint import CheckpointManager, export_pretrained
     from zoo.train.data import PackedBatches, load_packed
     from zoo.train.state import create_train_state
@@ -416,14 +416,23 @@ def train(cfg: Mapping[str, Any], *, callbacks: Sequence[Callback] = (), stream:
     optimizer, schedule = make_optimizer(
         o["name"], o["learning_rate"], schedule=o.get("schedule", "constant"), warmup_steps=o.get("warmup_steps", 0),
         total_steps=t["steps"], weight_decay=o.get("weight_decay", 0.0))
-    shardings = None
+    shardings = zero = None
     if mesh is not None:
         shardings = param_shardings(model.params, _axes_with_adapters(model), mesh, rules)
-    state = create_train_state(model, optimizer, rng=t.get("seed", 0), shardings=shardings)
+        if mesh_cfg.get("zero"):  # optimizer state and update split over the data-parallel axes
+            zero = zero_shardings(shardings, model.params, rules)
+    state = create_train_state(model, optimizer, rng=t.get("seed", 0), shardings=shardings, opt_shardings=zero)
+    zero_kw = {}
+    if zero is not None:
+        from zoo.train.state import partition
+
+        trainable = jax.tree.map(lambda x: x is not None, state.params, is_leaf=lambda x: x is None)
+        zero_kw = {"param_sharding": partition(shardings, trainable)[0],
+                   "update_sharding": partition(zero, trainable)[0]}
     loss_fn = causal_lm_loss_fn(model, dtype=t.get("compute_dtype"))
     step_fn = make_train_step(loss_fn, optimizer, grad_accum_steps=t["grad_accum_steps"],
                               max_grad_norm=t.get("max_grad_norm"), compute_dtype=t.get("compute_dtype"),
-                              lr_schedule=schedule, mesh=mesh, rules=rules)
+                              lr_schedule=schedule, mesh=mesh, rules=rules, **zero_kw)
     eval_step = make_eval_step(causal_lm_loss_fn(model, dtype=t.get("compute_dtype")), mesh=mesh, rules=rules,
                                compute_dtype=t.get("compute_dtype"))
     ckpt = CheckpointManager(out / "checkpoints", max_to_keep=t.get("keep", 3)) if t.get("save_every") else None

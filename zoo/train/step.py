@@ -229,16 +229,19 @@ def make_train_step(
         if max_grad_norm is not None:
             factor = jnp.minimum(1.0, max_grad_norm / (grad_norm + 1e-6))
             grads = jax.tree.map(lambda g: g * factor, grads)
-        # Zeroed gradients keep NaNs out of the optimizer's arithmetic; the select below discards its result.
-        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
         old_params = _constrain(state.params, update_sharding)
-        updates, new_opt = optimizer.update(safe_grads, state.opt_state, old_params)
-        new_params = optax.apply_updates(old_params, updates)
-        new_params = jax.tree.map(lambda n, o: n.astype(o.dtype), new_params, old_params)
-        params = _select(finite, new_params, old_params)
+
+        def update(grads, opt_state, params):
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            return jax.tree.map(lambda n, o: n.astype(o.dtype), new_params, params), new_opt
+
+        # A conditional, not a select of new against old: the update then writes the donated
+        # buffers in place. With a select, XLA copies every Adam moment first (old values are
+        # still read after the in-place write), 2 x params floats of copies per step.
+        params, opt_state = jax.lax.cond(finite, update, lambda g, o, p: (p, o), grads, state.opt_state, old_params)
         if update_sharding is not None:
             params = _constrain(params, param_sharding)
-        opt_state = _select(finite, new_opt, state.opt_state)
         ema = state.ema
         if ema is not None and ema_decay is not None:
             moved = jax.tree.map(lambda e, p: e * ema_decay + p.astype(jnp.float32) * (1 - ema_decay), ema, params)
