@@ -270,15 +270,21 @@ QA_CONTEXT = ("The zoo keeps its models as plain functions of their weights. Jea
 
 
 def reference_answers(folder: str, question: str, context: str, *, max_seq_len: int, doc_stride: int,
-                      max_answer_len: int = 15, top_k: int = 1, handle_impossible_answer: bool = False):
+                      max_answer_len: int = 15, top_k: int = 1, handle_impossible_answer: bool = False,
+                      context_first: bool = False):
     """Transformers 4's extractive rule written out by brute force over every span of every window,
-    on the PyTorch model's logits (Transformers 5 has no question-answering pipeline)."""
+    on the PyTorch model's logits (Transformers 5 has no question-answering pipeline).
+
+    ``context_first``: the rule for a tokenizer padding on the left, (context, question) pairs
+    with windows cut from the context and spans inside it."""
     import torch
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
-    enc = tok(question, context, truncation="only_second", max_length=max_seq_len, stride=doc_stride,
+    pair, truncation, side = ((context, question), "only_first", 0) if context_first else \
+        ((question, context), "only_second", 1)
+    enc = tok(*pair, truncation=truncation, max_length=max_seq_len, stride=doc_stride,
               return_overflowing_tokens=True, return_offsets_mapping=True)
     candidates, null = [], 1e6
     for w in range(len(enc["input_ids"])):
@@ -286,16 +292,16 @@ def reference_answers(folder: str, question: str, context: str, *, max_seq_len: 
         with torch.no_grad():
             out = model(torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][w]]))
         seq = enc.sequence_ids(w)
-        allowed = np.array([s == 1 or i == tok.cls_token_id for s, i in zip(seq, ids)])
+        allowed = np.array([s == side or i == tok.cls_token_id for s, i in zip(seq, ids)])
         p_start, p_end = (torch.where(torch.tensor(allowed), x[0], -10000.0).softmax(-1).numpy()
                           for x in (out.start_logits, out.end_logits))
         null = min(null, float(p_start[0] * p_end[0]))
         words = enc.encodings[w]
         for s in range(len(ids)):
             for e in range(s, min(s + max_answer_len, len(ids))):
-                if seq[s] == 1 and seq[e] == 1:
-                    start = words.word_to_chars(words.token_to_word(s), sequence_index=1)[0]
-                    end = words.word_to_chars(words.token_to_word(e), sequence_index=1)[1]
+                if seq[s] == side and seq[e] == side:
+                    start = words.word_to_chars(words.token_to_word(s), sequence_index=side)[0]
+                    end = words.word_to_chars(words.token_to_word(e), sequence_index=side)[1]
                     candidates.append({"score": float(p_start[s] * p_end[e]), "start": start, "end": end,
                                        "answer": context[start:end]})
     if handle_impossible_answer:

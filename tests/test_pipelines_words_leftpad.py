@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipelines import NER_LABELS, QA_CONTEXT, assert_same, bert_checkpoint, hf_pipeline, roberta_checkpoint
+from test_pipelines import (NER_LABELS, QA_CONTEXT, assert_same, bert_checkpoint, hf_pipeline, reference_answers,
+                            roberta_checkpoint)
 
 WORDS = ["Jean-Baptiste", "lives", "in", "Montréal", "with", "Zoë"]
 BATCH = [WORDS, ["hello", "world,", "unbelievably", "tokenized", "words"]]
@@ -108,41 +109,16 @@ def test_split_into_words_bad_input(folders):
 
 
 # ---------------------------------------------------------------- question-answering, left padding
-def reference_context_first(folder: str, question: str, context: str, *, max_seq_len: int, doc_stride: int,
-                            max_answer_len: int = 15, top_k: int = 1, handle_impossible_answer: bool = False):
-    """Transformers 4's rule for a tokenizer padding on the left, by brute force over every span of
-    every window: (context, question) pairs, windows cut from the context, spans inside the context."""
-    import torch
+def reference_context_first(folder: str, question: str, context: str, **kwargs):
+    """Transformers 4's rule for a tokenizer padding on the left: (context, question) pairs."""
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     assert tok.padding_side == "left"
-    model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
-    enc = tok(context, question, truncation="only_first", max_length=max_seq_len, stride=doc_stride,
-              return_overflowing_tokens=True, return_offsets_mapping=True)
-    candidates, null = [], 1e6
-    for w in range(len(enc["input_ids"])):
-        ids = enc["input_ids"][w]
-        with torch.no_grad():
-            out = model(torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][w]]))
-        seq = enc.sequence_ids(w)
-        assert seq[1] == 0 and seq[-2] == 1  # [CLS] context [SEP] question [SEP]
-        allowed = np.array([s == 0 or i == tok.cls_token_id for s, i in zip(seq, ids)])
-        p_start, p_end = (torch.where(torch.tensor(allowed), x[0], -10000.0).softmax(-1).numpy()
-                          for x in (out.start_logits, out.end_logits))
-        null = min(null, float(p_start[0] * p_end[0]))
-        words = enc.encodings[w]
-        for s in range(len(ids)):
-            for e in range(s, min(s + max_answer_len, len(ids))):
-                if seq[s] == 0 and seq[e] == 0:
-                    start = words.word_to_chars(words.token_to_word(s), sequence_index=0)[0]
-                    end = words.word_to_chars(words.token_to_word(e), sequence_index=0)[1]
-                    candidates.append({"score": float(p_start[s] * p_end[e]), "start": start, "end": end,
-                                       "answer": context[start:end]})
-    if handle_impossible_answer:
-        candidates.append({"score": null, "start": 0, "end": 0, "answer": ""})
-    best = sorted(candidates, key=lambda x: x["score"], reverse=True)[:top_k]
-    return best[0] if top_k == 1 else best
+    enc = tok(context, question)
+    seq = enc.sequence_ids()
+    assert seq[1] == 0 and seq[-2] == 1  # [CLS] context [SEP] question [SEP]
+    return reference_answers(folder, question, context, context_first=True, **kwargs)
 
 
 def test_question_answering_left_padding_puts_the_context_first(folders):
