@@ -6,6 +6,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# In-process `zoo` commands must not switch JAX's persistent compile cache on for the rest of a
+# test worker (nor use the user's folder); tests of the cache pass their own folder.
+os.environ.setdefault("ZOO_COMPILE_CACHE", "off")
 # Eight host devices so sharding tests run in-process (set before JAX initialises).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()

@@ -304,3 +304,16 @@ def test_bench_lists_the_benchmarks():
     proc = zoo("bench")
     assert proc.returncode == 0 and "server" in out(proc) and "requests/s and time-to-first-token" in out(proc)
     assert_one_line_error(zoo("bench", "nothing"), "bench", "no benchmark 'nothing'")
+
+
+def test_compile_cache_stays_off_with_several_cpu_devices(tmp_path, capsys):
+    """The test process has 8 CPU devices: a multi-device CPU executable loaded back from JAX's
+    persistent cache aborts the process (jax 0.10), so the cache is refused with a note."""
+    import jax
+
+    from zoo.cli.cache import cache_is_safe_here, enable_compile_cache
+
+    assert jax.device_count() > 1 and not cache_is_safe_here()
+    assert enable_compile_cache(tmp_path / "cc") is None
+    assert "compile cache: off for this run" in capsys.readouterr().err
+    assert not (tmp_path / "cc").exists() and not jax.config.jax_compilation_cache_dir

@@ -53,6 +53,10 @@ def enable_compile_cache(directory: str | os.PathLike | None) -> Path | None:
         return None
     import jax
 
+    if not cache_is_safe_here():
+        print("[zoo] compile cache: off for this run (several CPU devices: XLA:CPU executables for more than "
+              "one device abort when loaded back from the persistent cache)", file=sys.stderr, flush=True)
+        return None
     path = Path(directory).expanduser().absolute()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
@@ -60,6 +64,16 @@ def enable_compile_cache(directory: str | os.PathLike | None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
+
+
+def cache_is_safe_here() -> bool:
+    """False on a CPU backend with several devices (``--xla_force_host_platform_device_count``,
+    or CPU multi-process runs): with jax 0.10 a multi-device CPU executable (e.g. a sharded
+    train step) stored in the persistent cache aborts the process when a later run loads it
+    (reproduced with the ZeRO recipe: second run, "Fatal Python error: Aborted")."""
+    import jax
+
+    return not (jax.default_backend() == "cpu" and jax.device_count() > 1)
 
 
 def setup_from_args(args: argparse.Namespace) -> Path | None:
