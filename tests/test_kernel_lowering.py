@@ -27,6 +27,7 @@ from jax._src.pallas.triton import lowering as triton_lowering
 
 import kernels
 from kernels.flash_attention import TPU_DEFAULT_VMEM, TPU_MAX_VMEM
+from test_attention_registry import pallas_calls
 
 sds = jax.ShapeDtypeStruct
 PLATFORMS = {"triton": "cuda", "mosaic_tpu": "tpu"}
@@ -171,26 +172,6 @@ def test_flash_block_overrides_lower(monkeypatch):
           monkeypatch=monkeypatch)
     lower(with_grads(flash_fn("mosaic_tpu", (), causal=True, block_q=128, block_k=128)), "mosaic_tpu",
           *args)
-
-
-def pallas_calls(fn, *args) -> list:
-    """The pallas_call equations anywhere in fn's jaxpr (through jit, custom_vjp, scan)."""
-    import jax.extend.core as jax_core
-    found = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "pallas_call":
-                found.append(eqn)
-            for value in eqn.params.values():
-                for sub in value if isinstance(value, (tuple, list)) else (value,):
-                    if isinstance(sub, jax_core.ClosedJaxpr):
-                        walk(sub.jaxpr)
-                    elif isinstance(sub, jax_core.Jaxpr):
-                        walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
 
 
 def vmem_of_blocks(eqn) -> int:
