@@ -196,39 +196,62 @@ def _layer_params(layers: Any, i: int) -> Any:
     return jax.tree.map(lambda a: a[i], layers)
 
 
-def _decode(model, pages: PagedKV, tokens, positions, tables, active, temperature, top_p, seeds, steps):
-    """One new token per row. tokens [B] (the last token of each row, not yet in the cache),
-    positions [B] (its position), tables [B, W], active [B] bool."""
-    from kernels import paged_decode_attention
-    from zoo.models.llama.model import attention_scale, qkv_rope
+def _paged_layers(model, pages: PagedKV, ids, positions, page_ids, slots, attend):
+    """The decoder over new tokens ids [n, t] at ``positions`` [n, t] with a paged cache: each
+    layer writes its K/V at (``page_ids``, ``slots``) [n, t] first, then ``attend(q, k_pages,
+    v_pages, window)`` reads them back through the block tables with the earlier ones. Returns
+    the last layer's hidden states [n, t, D] (before the final norm) and the updated pages."""
+    from zoo.models.llama.model import qkv_rope
 
     cfg = model.config
     params = model.params
-    ps = pages.page_size
-    x = embed(params["embed_tokens"]["embedding"], tokens[:, None], cfg.compute_dtype)
-    cos, sin = rope_cos_sin(cfg.rope, positions[:, None], cfg.compute_dtype)
-    write_page = jnp.where(active, jnp.take_along_axis(tables, (positions // ps)[:, None], axis=1)[:, 0],
-                           SCRATCH_PAGE)
-    write_slot = jnp.where(active, positions % ps, 0)
-    lengths = jnp.where(active, positions + 1, 0)  # idle rows see nothing (their output is zeros)
+    x = embed(params["embed_tokens"]["embedding"], ids, cfg.compute_dtype)
+    cos, sin = rope_cos_sin(cfg.rope, positions, cfg.compute_dtype)
     k_pool, v_pool = pages.k, pages.v
-    # On CPU the Pallas kernel only runs interpreted (slow): use the gather reference unless asked.
-    backend = "xla" if jax.default_backend() == "cpu" and cfg.attn_implementation != "pallas" else None
     for i, window in enumerate(cfg.layer_windows()):
         lp = _layer_params(params["layers"], i)
         h = rms_norm(lp["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
         q, k, v = qkv_rope(lp["self_attn"], cfg, h, cos, sin)
-        k_pool = k_pool.at[i, write_page, write_slot].set(k[:, 0].astype(k_pool.dtype))
-        v_pool = v_pool.at[i, write_page, write_slot].set(v[:, 0].astype(v_pool.dtype))
-        out = paged_decode_attention(q, k_pool[i], v_pool[i], tables, lengths, scale=attention_scale(cfg),
-                                     sliding_window=window, backend=backend)
+        k_pool = k_pool.at[i, page_ids, slots].set(k.astype(k_pool.dtype))
+        v_pool = v_pool.at[i, page_ids, slots].set(v.astype(v_pool.dtype))
+        out = attend(q, k_pool[i], v_pool[i], window)
         x = x + project(out.astype(x.dtype), lp["self_attn"]["o_proj"], "bthk,hkd->btd")
         h = rms_norm(lp["post_attention_layernorm"]["scale"], x, cfg.rms_norm_eps)
         x = x + gated_mlp(lp["mlp"], h, cfg.hidden_act)
+    return x, PagedKV(k_pool, v_pool)
+
+
+def _final_logits(model, x) -> jax.Array:
+    """Logits [n, V] (fp32) of hidden states [n, 1, D]."""
+    cfg, params = model.config, model.params
     h = rms_norm(params["norm"]["scale"], x, cfg.rms_norm_eps)
-    logits = unembed(h, params, cfg.tie_word_embeddings)[:, 0].astype(jnp.float32)
+    return unembed(h, params, cfg.tie_word_embeddings)[:, 0].astype(jnp.float32)
+
+
+def _decode(model, pages: PagedKV, tokens, positions, tables, active, temperature, top_p, seeds, steps):
+    """One new token per row. tokens [B] (the last token of each row, not yet in the cache),
+    positions [B] (its position), tables [B, W], active [B] bool."""
+    from kernels import paged_decode_attention
+    from zoo.models.llama.model import attention_scale
+
+    cfg = model.config
+    ps = pages.page_size
+    write_page = jnp.where(active, jnp.take_along_axis(tables, (positions // ps)[:, None], axis=1)[:, 0],
+                           SCRATCH_PAGE)
+    write_slot = jnp.where(active, positions % ps, 0)
+    lengths = jnp.where(active, positions + 1, 0)  # idle rows see nothing (their output is zeros)
+    # On CPU the Pallas kernel only runs interpreted (slow): use the gather reference unless asked.
+    backend = "xla" if jax.default_backend() == "cpu" and cfg.attn_implementation != "pallas" else None
+
+    def attend(q, k_pages, v_pages, window):
+        return paged_decode_attention(q, k_pages, v_pages, tables, lengths, scale=attention_scale(cfg),
+                                      sliding_window=window, backend=backend)
+
+    x, pages = _paged_layers(model, pages, tokens[:, None], positions[:, None], write_page[:, None],
+                             write_slot[:, None], attend)
+    logits = _final_logits(model, x)
     nxt = choose_tokens(logits, temperature, top_p, seeds, steps)
-    return nxt, logits, PagedKV(k_pool, v_pool)
+    return nxt, logits, pages
 
 
 _decode_jit = jax.jit(_decode, donate_argnames=("pages",))
@@ -298,10 +321,9 @@ def _prefill_chunk(model, pages: PagedKV, ids, starts, counts, tables, temperatu
     """ids [n, C] right-padded chunk tokens; starts [n] position of each chunk's first token;
     counts [n] real tokens in the chunk (>= 1); tables [n, W]. Returns (token [n], logits [n, V],
     pages): the token and logits of each chunk's last real token (meaningful on a prompt's last chunk)."""
-    from zoo.models.llama.model import attention_scale, qkv_rope
+    from zoo.models.llama.model import attention_scale
 
     cfg = model.config
-    params = model.params
     ps = pages.page_size
     n, c = ids.shape
     offsets = jnp.arange(c, dtype=jnp.int32)[None, :]
@@ -311,25 +333,15 @@ def _prefill_chunk(model, pages: PagedKV, ids, starts, counts, tables, temperatu
                                                    axis=1), SCRATCH_PAGE)
     slots = jnp.where(real, positions % ps, 0)
     kv_len = starts + counts
-    x = embed(params["embed_tokens"]["embedding"], ids, cfg.compute_dtype)
-    cos, sin = rope_cos_sin(cfg.rope, positions, cfg.compute_dtype)
-    k_pool, v_pool = pages.k, pages.v
-    for i, window in enumerate(cfg.layer_windows()):
-        lp = _layer_params(params["layers"], i)
-        h = rms_norm(lp["input_layernorm"]["scale"], x, cfg.rms_norm_eps)
-        q, k, v = qkv_rope(lp["self_attn"], cfg, h, cos, sin)
-        # write first: the chunk's own keys are read back through the table with the earlier ones
-        k_pool = k_pool.at[i, page_ids, slots].set(k.astype(k_pool.dtype))
-        v_pool = v_pool.at[i, page_ids, slots].set(v.astype(v_pool.dtype))
-        out = _chunk_attention(q, k_pool[i], v_pool[i], tables, positions, kv_len, attention_scale(cfg), window)
-        x = x + project(out.astype(x.dtype), lp["self_attn"]["o_proj"], "bthk,hkd->btd")
-        h = rms_norm(lp["post_attention_layernorm"]["scale"], x, cfg.rms_norm_eps)
-        x = x + gated_mlp(lp["mlp"], h, cfg.hidden_act)
+
+    def attend(q, k_pages, v_pages, window):
+        return _chunk_attention(q, k_pages, v_pages, tables, positions, kv_len, attention_scale(cfg), window)
+
+    x, pages = _paged_layers(model, pages, ids, positions, page_ids, slots, attend)
     last = jnp.take_along_axis(x, (counts - 1)[:, None, None], axis=1)  # [n, 1, D]
-    h = rms_norm(params["norm"]["scale"], last, cfg.rms_norm_eps)
-    logits = unembed(h, params, cfg.tie_word_embeddings)[:, 0].astype(jnp.float32)
+    logits = _final_logits(model, last)
     first = choose_tokens(logits, temperature, top_p, seeds, jnp.zeros((n,), jnp.int32))
-    return first, logits, PagedKV(k_pool, v_pool)
+    return first, logits, pages
 
 
 _prefill_chunk_jit = jax.jit(_prefill_chunk, donate_argnames=("pages",))
