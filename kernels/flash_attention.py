@@ -352,6 +352,29 @@ def _unpack(refs, cfg: FlashConfig, n_in: int):
 
 # --------------------------------------------------------------------------- kernels
 
+def _over_kv_blocks(update, carry, q_start, bq, bk, cfg: "FlashConfig", kp_ref, bounds):
+    """Fold ``update(carry, k_start, k_pos[, masked])`` over the key blocks a q tile can see
+    (shared by the forward and dQ kernels): the causal/window block range, or every block with
+    explicit positions (skipping tiles no row sees); with a diagonal split, the fully visible
+    blocks first without building a mask."""
+    def body(j, c):
+        k_start = pl.multiple_of(j * bk, bk)
+        if not cfg.explicit:
+            return update(c, k_start, None)
+        k_pos = kp_ref[:, pl.ds(k_start, bk)]
+        return _skip_unless(tile_visible(bounds, k_pos), lambda c_: update(c_, k_start, k_pos), c)
+
+    if cfg.explicit:
+        lo, hi = 0, cfg.kv_len_padded // bk
+    else:
+        lo, hi = kv_block_range(q_start, bq, bk, cfg)
+    if _split_at_diagonal(cfg):
+        mid = _clip(unmasked_kv_blocks_end(q_start, bq, bk, cfg), lo, hi)
+        carry = lax.fori_loop(lo, mid, lambda j, c: update(c, pl.multiple_of(j * bk, bk), None, False), carry)
+        lo = mid
+    return lax.fori_loop(lo, hi, body, carry)
+
+
 def _fwd_kernel(*refs, cfg: FlashConfig):
     (q_ref, k_ref, v_ref), (qs_ref, ks_ref), (lo_ref, hi_ref, kp_ref), (o_ref, lse_ref) = \
         _unpack(refs, cfg, 3)
@@ -379,26 +402,10 @@ def _fwd_kernel(*refs, cfg: FlashConfig):
         acc = acc * corr + _dot_nn(p.astype(v.dtype), v)
         return acc, m_new, l
 
-    def body(j, carry):
-        k_start = pl.multiple_of(j * bk, bk)
-        if not cfg.explicit:
-            return update(carry, k_start, None)
-        k_pos = kp_ref[:, pl.ds(k_start, bk)]
-        return _skip_unless(tile_visible(bounds, k_pos),
-                            lambda c: update(c, k_start, k_pos), carry)
-
-    if cfg.explicit:
-        lo, hi = 0, cfg.kv_len_padded // bk
-    else:
-        lo, hi = kv_block_range(q_start, bq, bk, cfg)
     init = (jnp.zeros((bq, q.shape[-1]), jnp.float32),
             jnp.full((bq, 1), ref.MASK_VALUE, jnp.float32),
             jnp.zeros((bq, 1), jnp.float32))
-    if _split_at_diagonal(cfg):
-        mid = _clip(unmasked_kv_blocks_end(q_start, bq, bk, cfg), lo, hi)
-        init = lax.fori_loop(lo, mid, lambda j, c: update(c, pl.multiple_of(j * bk, bk), None, False), init)
-        lo = mid
-    acc, m, l = lax.fori_loop(lo, hi, body, init)
+    acc, m, l = _over_kv_blocks(update, init, q_start, bq, bk, cfg, kp_ref, bounds)
     empty = l == 0.0
     safe_l = jnp.where(empty, 1.0, l)
     o_ref[...] = (acc / safe_l).astype(o_ref.dtype)
@@ -487,24 +494,7 @@ def _dq_kernel(*refs, cfg: FlashConfig):
             ds = ds * (1.0 - t * t)
         return dq + _dot_nn(ds.astype(k.dtype), k)
 
-    def body(j, dq):
-        k_start = pl.multiple_of(j * bk, bk)
-        if not cfg.explicit:
-            return update(dq, k_start, None)
-        k_pos = kp_ref[:, pl.ds(k_start, bk)]
-        return _skip_unless(tile_visible(bounds, k_pos),
-                            lambda c: update(c, k_start, k_pos), dq)
-
-    if cfg.explicit:
-        lo, hi = 0, cfg.kv_len_padded // bk
-    else:
-        lo, hi = kv_block_range(q_start, bq, bk, cfg)
-    dq = jnp.zeros(q.shape, jnp.float32)
-    if _split_at_diagonal(cfg):
-        mid = _clip(unmasked_kv_blocks_end(q_start, bq, bk, cfg), lo, hi)
-        dq = lax.fori_loop(lo, mid, lambda j, c: update(c, pl.multiple_of(j * bk, bk), None, False), dq)
-        lo = mid
-    dq = lax.fori_loop(lo, hi, body, dq)
+    dq = _over_kv_blocks(update, jnp.zeros(q.shape, jnp.float32), q_start, bq, bk, cfg, kp_ref, bounds)
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
 
